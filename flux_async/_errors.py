@@ -1,0 +1,266 @@
+"""The exception tree of flux_async.
+
+Everything the library raises derives from :class:`FluxError`::
+
+    FluxError
+    ├── ConfigurationError (ValueError)     bad client settings: no key, unknown provider/model
+    ├── ValidationError (ValueError)        a request breaks a model rule; nothing was sent
+    ├── ClientClosedError (RuntimeError)    the client was used before it opened or after it closed
+    ├── APIError                            the API answered with an error status
+    │   ├── BadRequestError                 400 / 422: the server refused the request's fields
+    │   ├── AuthenticationError             401 / 403: the key is wrong or not allowed
+    │   ├── InsufficientCreditsError        402: the account is out of credits
+    │   ├── RateLimitError                  429: too many active tasks; nothing was created
+    │   └── ServerError                     5xx
+    ├── TransportError                      the request did not get an HTTP answer
+    │   ├── ConnectError                    the connection never opened: surely nothing was sent
+    │   └── RequestTimeoutError (TimeoutError)   connect/read/write/pool timeout
+    ├── AmbiguousSubmitError                a submit failed after it may have reached the server:
+    │                                       the task may exist and may be billed; not replayed
+    ├── TaskError                           a task ended without an image
+    │   ├── ModerationError                 Request Moderated / Content Moderated (not billed)
+    │   ├── GenerationError                 Error / Failed
+    │   ├── TaskNotFoundError               Task not found, past the grace period
+    │   ├── UnknownStatusError              an unknown status outlived its tolerance
+    │   └── TaskTimeoutError (TimeoutError) the task's overall deadline passed
+    └── DownloadError                       the finished image could not be saved
+        ├── ResultExpiredError              the signed URL expired, even after one re-poll
+        └── IncompleteDownloadError         fewer/more bytes than Content-Length
+
+Every error carries the task id where one is known, and never the API key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "AmbiguousSubmitError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "DownloadError",
+    "FluxError",
+    "GenerationError",
+    "IncompleteDownloadError",
+    "InsufficientCreditsError",
+    "ModerationError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ResultExpiredError",
+    "ServerError",
+    "TaskError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "TransportError",
+    "UnknownStatusError",
+    "ValidationError",
+]
+
+_BODY_PREVIEW = 500
+
+
+class FluxError(Exception):
+    """Root of every error flux_async raises."""
+
+    task_id: str | None
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        if self.task_id:
+            return f"{self.message} (task {self.task_id})"
+        return self.message
+
+
+class ConfigurationError(FluxError, ValueError):
+    """Raised when the client is set up wrongly: no API key, an unknown provider or model."""
+
+
+class ValidationError(FluxError, ValueError):
+    """Raised before any HTTP when a request breaks a rule of its model.
+
+    ``field`` names the offending field (``"width"``, ``"input_image_5"``), ``rule`` says
+    what was expected; ``errors`` lists every ``(field, rule)`` found.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        rule: str,
+        *,
+        model: str | None = None,
+        errors: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.field = field
+        self.rule = rule
+        self.model = model
+        self.errors = errors if errors is not None else [(field, rule)]
+        where = f" for model {model!r}" if model else ""
+        text = "; ".join(f"{f}: {r}" for f, r in self.errors)
+        super().__init__(f"invalid request{where}: {text}")
+
+
+class ClientClosedError(FluxError, RuntimeError):
+    """Raised when the client is used before ``async with`` opened it or after it closed."""
+
+
+class APIError(FluxError):
+    """Raised when the API answers with an error status.
+
+    ``status_code`` is the HTTP status, ``body`` the parsed JSON body (or the text),
+    ``request_id`` the server's request id header where it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: Any = None,
+        task_id: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, task_id=task_id)
+        self.status_code = status_code
+        self.body = body
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status_code}: {super().__str__()}"
+
+
+class BadRequestError(APIError):
+    """Raised on 400 or 422; ``detail`` holds the server's validation detail."""
+
+    @property
+    def detail(self) -> Any:
+        if isinstance(self.body, dict):
+            return self.body.get("detail", self.body.get("error"))
+        return self.body
+
+
+class AuthenticationError(APIError):
+    """Raised on 401 or 403 from an API host: the key is missing, wrong or not allowed."""
+
+
+class InsufficientCreditsError(APIError):
+    """Raised on 402: the account is out of credits. A batch stops submitting."""
+
+
+class RateLimitError(APIError):
+    """Raised on 429 when waiting and resubmitting did not help in time.
+
+    A 429 on submit means the server created nothing. ``retry_after`` is in seconds.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class ServerError(APIError):
+    """Raised on a 5xx answer that was not a submit (polls and credits are safe to retry)."""
+
+
+class TransportError(FluxError):
+    """Raised when a request got no HTTP answer at all."""
+
+
+class ConnectError(TransportError):
+    """Raised when the connection never opened: the server surely saw nothing."""
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """Raised when a connect, read, write or pool timeout expired."""
+
+
+class AmbiguousSubmitError(FluxError):
+    """Raised when a submit failed in a way that may have created (and billed) a task.
+
+    A 500, 502 or 504, a read timeout, or a connection dropped after the body was sent
+    leave it unknown whether the server made a task. flux_async never replays such a
+    submit on its own (``retry_ambiguous=True`` opts in). ``may_be_billed`` is always True.
+    """
+
+    may_be_billed = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: Any = None,
+        task_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{message}; the task may have been created and billed", task_id=task_id)
+        self.status_code = status_code
+        self.body = body
+
+
+class TaskError(FluxError):
+    """Raised when a task reached a terminal status without an image.
+
+    ``status`` is the status string the server gave; ``reply`` the last poll reply.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str | None = None,
+        status: str | None = None,
+        reply: Any = None,
+    ) -> None:
+        super().__init__(message, task_id=task_id)
+        self.status = status
+        self.reply = reply
+
+
+class ModerationError(TaskError):
+    """Raised on ``Request Moderated`` (input refused) or ``Content Moderated`` (output refused).
+
+    Neither is billed. ``details`` carries the server's reasons where it gave any.
+    """
+
+    @property
+    def details(self) -> Any:
+        return getattr(self.reply, "details", None)
+
+
+class GenerationError(TaskError):
+    """Raised on ``Error`` or ``Failed``: the generation itself failed."""
+
+
+class TaskNotFoundError(TaskError):
+    """Raised when the server still does not know the task after the grace period."""
+
+
+class UnknownStatusError(TaskError):
+    """Raised when an unrecognised status lasted longer than it is tolerated."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """Raised when a task did not reach a terminal status before its overall deadline."""
+
+
+class DownloadError(FluxError):
+    """Raised when a finished image could not be saved. ``url`` has no signed query."""
+
+    def __init__(self, message: str, *, task_id: str | None = None, url: str | None = None) -> None:
+        super().__init__(message, task_id=task_id)
+        self.url = url
+
+
+class ResultExpiredError(DownloadError):
+    """Raised when the result URL expired (HTTP 403/404) and a re-poll gave no fresh one."""
+
+
+class IncompleteDownloadError(DownloadError):
+    """Raised when the body's length did not match Content-Length. No file is left behind."""
