@@ -126,6 +126,11 @@ class ManualClock:
             event.set()
 
     @property
+    def sleepers(self) -> int:
+        """Return how many coroutines are sleeping on this clock now."""
+        return sum(1 for _, _, event in self._sleepers if not event.is_set())
+
+    @property
     def next_deadline(self) -> float | None:
         """Return the earliest sleeper's wake-up time, or None when nobody sleeps."""
         while self._sleepers and self._sleepers[0][2].is_set():

@@ -151,6 +151,7 @@ class GeneratedImage(BaseModel):
     seed: int | None = None
     cost: float | None = None
     size: int = 0
+    prompt_used: str | None = None  # the prompt the server used (after upsampling)
 
 
 class Outcome(BaseModel):
