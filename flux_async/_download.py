@@ -1,0 +1,422 @@
+"""Streaming result downloads: earliest deadline first, temp file, atomic rename.
+
+A finished image lives behind a signed URL that expires about ten minutes after the task
+ended. The :class:`Downloader` fetches it in constant memory (chunks of ``chunk_size``
+bytes), writes it to a hidden ``.part`` file in the target folder, checks its length
+against Content-Length, flushes it to disk and renames it into place. A reader never
+sees a partial file under the final name, and no ``.part`` file survives a failure or a
+cancellation.
+
+Download hosts get no credentials: the HTTP client must carry none (the constructor
+refuses one that does) and requests are sent with ``auth=None``. URLs are logged and
+reported through :func:`redact_url`, never with their signed query string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiofiles
+import aiofiles.os
+import anyio
+import anyio.to_thread
+import httpx
+
+from ._clock import Clock
+from ._edf import DeadlineGate
+from ._errors import (
+    ConfigurationError,
+    DownloadError,
+    FluxError,
+    IncompleteDownloadError,
+    ResultExpiredError,
+)
+from ._models import redact_url, url_expiry
+
+__all__ = [
+    "Downloader",
+    "DownloaderStatistics",
+    "SavedFile",
+    "extension_for",
+    "result_deadline",
+]
+
+_log = logging.getLogger("flux_async")
+
+# Headers that would hand an API key to whoever serves the image.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-key", "x-api-key", "api-key"})
+# Azure answers 403 (XML body) once `se` has passed; other stores say 404 or 410.
+_EXPIRED_STATUSES = frozenset({403, 404, 410})
+_CONTENT_TYPE_EXTENSIONS = {
+    "image/jpeg": ".jpeg",
+    "image/jpg": ".jpeg",
+    "image/pjpeg": ".jpeg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+}
+_FORMAT_EXTENSIONS = {"jpeg": ".jpeg", "jpg": ".jpeg", "png": ".png", "webp": ".webp"}
+_DEFAULT_EXTENSION = ".jpeg"
+_IDENTITY = frozenset({"", "identity"})
+# Bytes of the final name kept in `.{name}.{random}.part`: stays under the 255-byte limit.
+_TEMP_STEM_MAX = 180
+
+
+@dataclass(frozen=True, slots=True)
+class DownloaderStatistics:
+    """A snapshot of a :class:`Downloader`'s counters.
+
+    ``bytes_written`` counts every byte written to disk, including attempts that were
+    later discarded; ``retries`` counts attempts after a transient failure.
+    """
+
+    queued: int
+    active: int
+    completed: int
+    failed: int
+    retries: int
+    bytes_written: int
+
+
+@dataclass(frozen=True, slots=True)
+class SavedFile:
+    """A file that was written completely and renamed into place."""
+
+    path: Path
+    size: int
+    sha256: str
+    content_type: str | None
+
+
+def result_deadline(
+    url: str, *, end_time: float | None, now: float, lifetime: float = 600.0
+) -> float:
+    """Return when the signed result ``url`` expires, in wall-clock epoch seconds.
+
+    The URL's ``se`` query parameter (ISO-8601) wins; without a readable one the URL is
+    assumed to live ``lifetime`` seconds after ``end_time`` (the task's end, epoch
+    seconds), else ``lifetime`` seconds after ``now``.
+    """
+    expiry = _parse_expiry(url_expiry(url))
+    if expiry is not None:
+        return expiry
+    if end_time is not None:
+        return end_time + lifetime
+    return now + lifetime
+
+
+def _parse_expiry(text: str | None) -> float | None:
+    if not text:
+        return None
+    # parse_qs turns an unescaped "+" of "+00:00" into a space.
+    text = text.strip().replace(" ", "+")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def extension_for(output_format: str | None, content_type: str | None) -> str:
+    """Return the file extension (with its dot) for a downloaded image.
+
+    A known image Content-Type wins, since it says what the bytes are; otherwise the
+    requested ``output_format``; otherwise ``.jpeg``, the API's default format.
+    """
+    if content_type:
+        mime = content_type.split(";", 1)[0].strip().lower()
+        if mime in _CONTENT_TYPE_EXTENSIONS:
+            return _CONTENT_TYPE_EXTENSIONS[mime]
+    if output_format:
+        fmt = output_format.strip().lower().lstrip(".")
+        if fmt in _FORMAT_EXTENSIONS:
+            return _FORMAT_EXTENSIONS[fmt]
+    return _DEFAULT_EXTENSION
+
+
+class _StatusError(Exception):
+    """A non-2xx answer from the download host (internal; never escapes)."""
+
+    def __init__(self, status: int, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None  # absent, or an HTTP date: the jittered backoff will do
+    return seconds if seconds >= 0 else None
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """Return a one-line reason for ``exc`` with any signed query string removed."""
+    text = exc.message if isinstance(exc, FluxError) else str(exc) or type(exc).__name__
+    query = urlsplit(url).query
+    return text.replace(query, "<redacted>") if query else text
+
+
+def _error(kind: type[DownloadError], reason: str, url: str, task_id: str | None) -> DownloadError:
+    what = "result URL expired" if kind is ResultExpiredError else "download failed"
+    return kind(f"{what}: {reason}", task_id=task_id, url=redact_url(url))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _StatusError):
+        return exc.status == 429 or exc.status >= 500
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return False
+    return isinstance(exc, httpx.TransportError | IncompleteDownloadError)
+
+
+_ATTEMPT_ERRORS = (_StatusError, httpx.HTTPError, httpx.InvalidURL, IncompleteDownloadError)
+
+
+class Downloader:
+    """Stream result images to disk, earliest deadline first.
+
+    ``http`` must be a client without credentials (no ``x-key``/``Authorization``
+    default header, no ``auth``): it follows redirects to hosts nobody vetted. Its
+    timeouts apply, and its owner closes it. ``clock`` paces the retries; deadlines are
+    its wall-clock ``time()``. At most ``max_concurrent`` downloads stream at once.
+    Settings out of range, or a client with credentials, raise
+    :class:`ConfigurationError` (a ``ValueError``).
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        clock: Clock,
+        max_concurrent: int = 8,
+        chunk_size: int = 256 * 1024,
+        max_attempts: int = 4,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 8.0,
+    ) -> None:
+        carried = sorted(name for name in _CREDENTIAL_HEADERS if name in http.headers)
+        if carried or http.auth is not None:
+            what = ", ".join(carried) if carried else "auth"
+            raise ConfigurationError(
+                f"the download client must carry no credentials (found {what})"
+            )
+        if max_concurrent < 1:
+            raise ConfigurationError("max_concurrent must be >= 1")
+        if chunk_size < 1:
+            raise ConfigurationError("chunk_size must be >= 1")
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be >= 1")
+        if backoff_base < 0 or backoff_cap < 0:
+            raise ConfigurationError("backoff_base and backoff_cap must be >= 0 seconds")
+        self._http = http
+        self._clock = clock
+        self._gate = DeadlineGate(max_concurrent)
+        self._chunk_size = chunk_size
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._completed = 0
+        self._failed = 0
+        self._retries = 0
+        self._bytes_written = 0
+
+    async def download(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        deadline: float,
+        task_id: str | None = None,
+        refresh: Callable[[], Awaitable[str | None]] | None = None,
+        output_format: str | None = None,
+    ) -> SavedFile:
+        """Save the image at ``url`` to ``dest`` and return what was written.
+
+        ``deadline`` is when ``url`` expires (epoch seconds, see :func:`result_deadline`):
+        it orders the queue and bounds the retries. A ``dest`` without a suffix gets one
+        from :func:`extension_for`. On 403/404 the URL is taken as expired and
+        ``refresh`` (a re-poll returning a fresh URL) is called once.
+
+        Raises :class:`ResultExpiredError`, :class:`IncompleteDownloadError` or
+        :class:`DownloadError`; nothing is left under ``dest`` or in a temp file then.
+        """
+        attempt, refreshed = 0, False
+        try:
+            while True:
+                attempt += 1
+                try:
+                    async with self._gate.slot(deadline):
+                        saved = await self._fetch(url, dest, output_format, task_id)
+                    self._completed += 1
+                    return saved
+                except _ATTEMPT_ERRORS as exc:
+                    reason = _describe(exc, url)
+                    _log.debug("download %s attempt %d: %s", redact_url(url), attempt, reason)
+                    if isinstance(exc, _StatusError) and exc.status in _EXPIRED_STATUSES:
+                        if refreshed or refresh is None:
+                            raise _error(ResultExpiredError, reason, url, task_id) from exc
+                        refreshed = True
+                        url = await self._refresh(refresh, url, reason, task_id)
+                        # The fresh URL carries its own expiry; the old one has passed.
+                        fresh = result_deadline(url, end_time=None, now=self._clock.time())
+                        deadline = max(deadline, fresh)
+                        continue
+                    delay = self._backoff(attempt, exc)
+                    if (
+                        not _is_transient(exc)
+                        or attempt >= self._max_attempts
+                        or self._clock.time() + delay >= deadline
+                    ):
+                        kind = (
+                            IncompleteDownloadError
+                            if isinstance(exc, IncompleteDownloadError)
+                            else DownloadError
+                        )
+                        tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+                        raise _error(
+                            kind, f"gave up after {tries}: {reason}", url, task_id
+                        ) from exc
+                    self._retries += 1
+                    await self._clock.sleep(delay)
+        except DownloadError:
+            self._failed += 1
+            raise
+
+    async def _refresh(
+        self,
+        refresh: Callable[[], Awaitable[str | None]],
+        url: str,
+        reason: str,
+        task_id: str | None,
+    ) -> str:
+        """Re-poll once for a fresh URL after ``url`` expired."""
+        _log.debug("download %s expired (%s); re-polling once", redact_url(url), reason)
+        try:
+            fresh = await refresh()
+        except FluxError as exc:
+            raise _error(
+                ResultExpiredError, f"{reason}; re-poll failed: {exc}", url, task_id
+            ) from exc
+        if not fresh:
+            raise _error(ResultExpiredError, f"{reason}; re-poll gave no URL", url, task_id)
+        return fresh
+
+    def _backoff(self, attempt: int, exc: BaseException) -> float:
+        """Return seconds to wait before attempt ``attempt + 1``: capped, full jitter."""
+        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+        delay = random.uniform(0.0, ceiling)
+        if isinstance(exc, _StatusError) and exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        return delay
+
+    async def _fetch(
+        self, url: str, dest: Path, output_format: str | None, task_id: str | None
+    ) -> SavedFile:
+        if urlsplit(url).scheme.lower() not in {"http", "https"}:
+            raise _error(DownloadError, "not an http(s) URL", url, task_id)
+        # auth=None: even a client-level auth must never reach a download host.
+        async with self._http.stream("GET", url, auth=None, follow_redirects=True) as response:
+            if not response.is_success:
+                raise _StatusError(response.status_code, _retry_after(response))
+            content_type = response.headers.get("content-type")
+            final = dest
+            if not dest.suffix:
+                final = dest.with_name(dest.name + extension_for(output_format, content_type))
+            try:
+                await aiofiles.os.makedirs(final.parent, exist_ok=True)
+            except OSError as exc:
+                reason = f"cannot create folder {final.parent}: {exc}"
+                raise _error(DownloadError, reason, url, task_id) from exc
+            size, digest = await self._write(response, final, url, task_id)
+        _log.debug("saved %s (%d bytes) from %s", final, size, redact_url(url))
+        return SavedFile(path=final, size=size, sha256=digest, content_type=content_type)
+
+    async def _write(
+        self, response: httpx.Response, final: Path, url: str, task_id: str | None
+    ) -> tuple[int, str]:
+        """Stream ``response`` into a temp file beside ``final``, then rename it into place."""
+        stem = final.name.encode("utf-8", "surrogateescape")[:_TEMP_STEM_MAX]
+        temp = final.with_name(f".{stem.decode('utf-8', 'ignore')}.{secrets.token_hex(6)}.part")
+        digest = hashlib.sha256()
+        size = 0
+        done = False
+        try:
+            # Shielded: a cancelled open would leak the handle and the file it created.
+            with anyio.CancelScope(shield=True):
+                handle = await aiofiles.open(temp, "wb")
+            try:
+                async for chunk in response.aiter_bytes(self._chunk_size):
+                    await handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    self._bytes_written += len(chunk)
+                expected = _content_length(response)
+                # Content-Length counts the bytes on the wire, before any decoding. An empty
+                # body is no image either, and a retry may well bring the real one.
+                encoding = response.headers.get("content-encoding", "").strip().lower()
+                got = response.num_bytes_downloaded if encoding not in _IDENTITY else size
+                if (expected is not None and got != expected) or size == 0:
+                    reason = f"got {got} of {expected if expected is not None else '?'} bytes"
+                    raise IncompleteDownloadError(reason, task_id=task_id, url=redact_url(url))
+                await handle.flush()
+                # fsync before the rename: otherwise a power cut can leave an empty file
+                # under the final name, which a resumed batch would take for a saved image.
+                await anyio.to_thread.run_sync(os.fsync, handle.fileno())
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await handle.close()
+            # Shielded: once the rename starts, finish it rather than race it with cleanup.
+            with anyio.CancelScope(shield=True):
+                await aiofiles.os.replace(temp, final)
+            done = True
+        except OSError as exc:
+            raise _error(DownloadError, f"cannot write {final}: {exc}", url, task_id) from exc
+        finally:
+            if not done:
+                with anyio.CancelScope(shield=True):
+                    await _remove_quietly(temp)
+        return size, digest.hexdigest()
+
+    def statistics(self) -> DownloaderStatistics:
+        """Return a snapshot of the queue and the counters."""
+        return DownloaderStatistics(
+            queued=self._gate.waiting,
+            active=self._gate.holders,
+            completed=self._completed,
+            failed=self._failed,
+            retries=self._retries,
+            bytes_written=self._bytes_written,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Downloader(max_concurrent={self._gate.capacity}, active={self._gate.holders}, "
+            f"queued={self._gate.waiting}, completed={self._completed}, failed={self._failed})"
+        )
+
+
+async def _remove_quietly(path: Path) -> None:
+    try:
+        await aiofiles.os.remove(path)
+    except FileNotFoundError:
+        # The open itself failed, so there is nothing to clean up.
+        return
