@@ -1,3 +1,108 @@
-"""flux_async: an asyncio client for the Black Forest Labs FLUX API and its relays."""
+"""flux_async: an asyncio client for the Black Forest Labs FLUX API and its relays.
+
+from flux_async import AsyncFlux
+
+async with AsyncFlux() as flux:
+    img = await flux.generate("a red fox", model="flux-2-pro", output_dir="out")
+"""
 
 from __future__ import annotations
+
+from ._catalog import MODELS, ModelSpec, get_model
+from ._client import AsyncFlux, ClientStatistics
+from ._clock import Clock, ManualClock, ScaledClock, SystemClock
+from ._errors import (
+    AmbiguousSubmitError,
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    ConnectError,
+    DownloadError,
+    FluxError,
+    GenerationError,
+    IncompleteDownloadError,
+    InsufficientCreditsError,
+    ModerationError,
+    RateLimitError,
+    RequestTimeoutError,
+    ResultExpiredError,
+    ServerError,
+    TaskError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+    TransportError,
+    UnknownStatusError,
+    ValidationError,
+)
+from ._models import GeneratedImage, Outcome, PollReply, Task, TaskResult
+from ._requests import (
+    BaseRequest,
+    Flux2FlexRequest,
+    Flux2KleinRequest,
+    Flux2Request,
+    FluxDevRequest,
+    FluxExpandRequest,
+    FluxFillRequest,
+    FluxPro11Request,
+    FluxUltraRequest,
+    KontextRequest,
+    build_request,
+    validate_request,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "MODELS",
+    "APIError",
+    "AmbiguousSubmitError",
+    "AsyncFlux",
+    "AuthenticationError",
+    "BadRequestError",
+    "BaseRequest",
+    "ClientClosedError",
+    "ClientStatistics",
+    "Clock",
+    "ConfigurationError",
+    "ConnectError",
+    "DownloadError",
+    "Flux2FlexRequest",
+    "Flux2KleinRequest",
+    "Flux2Request",
+    "FluxDevRequest",
+    "FluxError",
+    "FluxExpandRequest",
+    "FluxFillRequest",
+    "FluxPro11Request",
+    "FluxUltraRequest",
+    "GeneratedImage",
+    "GenerationError",
+    "IncompleteDownloadError",
+    "InsufficientCreditsError",
+    "KontextRequest",
+    "ManualClock",
+    "ModelSpec",
+    "ModerationError",
+    "Outcome",
+    "PollReply",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ResultExpiredError",
+    "ScaledClock",
+    "ServerError",
+    "SystemClock",
+    "Task",
+    "TaskError",
+    "TaskNotFoundError",
+    "TaskResult",
+    "TaskTimeoutError",
+    "TransportError",
+    "UnknownStatusError",
+    "ValidationError",
+    "__version__",
+    "build_request",
+    "get_model",
+    "validate_request",
+]

@@ -364,12 +364,19 @@ class Downloader:
             with anyio.CancelScope(shield=True):
                 handle = await aiofiles.open(temp, "wb")
             try:
-                async for chunk in response.aiter_bytes(self._chunk_size):
-                    await handle.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                    self._bytes_written += len(chunk)
                 expected = _content_length(response)
+                try:
+                    async for chunk in response.aiter_bytes(self._chunk_size):
+                        await handle.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                        self._bytes_written += len(chunk)
+                except httpx.RemoteProtocolError as exc:
+                    # The peer closed mid-body (h11 checks Content-Length): a short read.
+                    reason = f"connection closed after {size} of {expected or '?'} bytes"
+                    raise IncompleteDownloadError(
+                        reason, task_id=task_id, url=redact_url(url)
+                    ) from exc
                 # Content-Length counts the bytes on the wire, before any decoding. An empty
                 # body is no image either, and a retry may well bring the real one.
                 encoding = response.headers.get("content-encoding", "").strip().lower()

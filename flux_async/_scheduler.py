@@ -371,8 +371,14 @@ class Scheduler:
                 reply=reply,
             )
         state = entry.state
-        censored = None if state.last_poll_at is None else state.last_poll_at - state.submitted_at
-        self._policy.observe_completion(state.key, now - state.submitted_at, censored_at=censored)
+        if entry.task.immediate is None:
+            # The task finished somewhere in (last Pending poll, now]: interval-censored.
+            # No Pending poll seen means anywhere since submit, i.e. censored at 0.
+            last = state.last_poll_at
+            censored = 0.0 if last is None else max(0.0, last - state.submitted_at)
+            self._policy.observe_completion(
+                state.key, now - state.submitted_at, censored_at=censored
+            )
         return TaskResult(
             task=entry.task,
             sample_url=sample.sample,

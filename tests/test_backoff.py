@@ -26,7 +26,9 @@ NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
         (2, 0.5, 4.0 * 0.55),
     ],
 )
-def test_compute_backoff_is_capped_full_jitter(attempt: int, jitter: float, expected: float) -> None:
+def test_compute_backoff_is_capped_full_jitter(
+    attempt: int, jitter: float, expected: float
+) -> None:
     delay = compute_backoff(attempt, base=1.0, cap=30.0, jitter=lambda: jitter)
     assert delay == pytest.approx(expected)
 

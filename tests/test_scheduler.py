@@ -36,7 +36,10 @@ def ready(task_id: str) -> PollReply:
         {
             "id": task_id,
             "status": "Ready",
-            "result": {"sample": f"https://delivery.sim.invalid/{task_id}.jpeg?se=x&sig=y", "seed": 7},
+            "result": {
+                "sample": f"https://delivery.sim.invalid/{task_id}.jpeg?se=x&sig=y",
+                "seed": 7,
+            },
         }
     )
 
@@ -219,7 +222,7 @@ async def _append(box: list[object], coro: object) -> None:
 async def test_task_not_found_right_after_submit_gets_a_grace(
     clock: ManualClock, server: FakeServer, scheduler: Scheduler
 ) -> None:
-    def script(elapsed: float) -> PollReply:
+    def script(elapsed: float) -> PollReply | FluxError:
         if elapsed < 3.0:
             return status("t", "Task not found")
         return done_after(4.0, "t")(elapsed)
@@ -342,7 +345,7 @@ async def test_concurrent_polls_are_capped(
     results: list[object] = []
     async with anyio.create_task_group() as tg:
         for task in tasks:
-            tg.start_soon(lambda t=task: _append(results, outcome_of(scheduler, t)))
+            tg.start_soon(_append, results, outcome_of(scheduler, task))
         await drive(clock, lambda: len(results) == 12)
     assert server.max_in_flight == 4
     assert all(isinstance(r, TaskResult) for r in results)
@@ -398,9 +401,7 @@ async def test_abandon_all_resolves_waiters(server: FakeServer, scheduler: Sched
         await scheduler.wait(task)
 
 
-async def test_an_earlier_task_rearms_the_timer(
-    clock: ManualClock, server: FakeServer
-) -> None:
+async def test_an_earlier_task_rearms_the_timer(clock: ManualClock, server: FakeServer) -> None:
     sched = Scheduler(server.poll, clock=clock, policy=FixedIntervalPolicy(50.0))
     async with anyio.create_task_group() as tg:
         await tg.start(sched.run)

@@ -1,0 +1,154 @@
+"""BFL's own dialect: ``POST /v1/{model}``, poll the returned ``polling_url``, ``/v1/credits``.
+
+Also serves the DMXAPI relay, which speaks the same dialect under another base URL but
+must never send its key to BFL's polling hosts (``key_on_poll=False`` in its preset).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
+
+import httpx
+import pydantic
+
+from .._clock import Clock
+from .._errors import AmbiguousSubmitError, ServerError
+from .._models import PollReply, SubmitReply, Task
+from ._base import ApiKey, ProviderPreset
+from ._http import Phase, error_for_response, error_for_transport
+
+if TYPE_CHECKING:
+    from .._requests import BaseRequest
+
+__all__ = ["BFLProvider"]
+
+logger = logging.getLogger("flux_async")
+
+
+def _is_bfl_api_host(host: str) -> bool:
+    # api.bfl.ai, api.eu.bfl.ai, api.eu2.bfl.ai, api.us1.bfl.ai ...: the open set of clusters.
+    return host == "api.bfl.ai" or (host.startswith("api.") and host.endswith(".bfl.ai"))
+
+
+class BFLProvider:
+    """Talk BFL's native API through a credential-free ``httpx.AsyncClient``.
+
+    The key goes into each request's headers (never the client's defaults, which would
+    follow every request), only to the submit host and to polling hosts the preset trusts.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        preset: ProviderPreset,
+        key: ApiKey,
+        clock: Clock,
+        base_url: str | None = None,
+    ) -> None:
+        self.name = preset.name
+        self._http = http
+        self._preset = preset
+        self._key = key
+        self._clock = clock
+        self.base_url = (base_url or preset.base_url).rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        self._api_origin = (parts.scheme, parts.netloc)
+        self._submit_timeout = httpx.Timeout(10.0, read=preset.request_timeout)
+
+    def __repr__(self) -> str:
+        return f"BFLProvider(name={self.name!r}, base_url={self.base_url!r}, key={self._key!r})"
+
+    def _key_headers(self) -> dict[str, str]:
+        return {"x-key": self._key.reveal()}
+
+    def may_send_key(self, url: str) -> bool:
+        """Return whether the API key may accompany a request to ``url``."""
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) == self._api_origin:
+            return True
+        if not self._preset.key_on_poll:
+            return False
+        return parts.scheme == "https" and _is_bfl_api_host(parts.hostname or "")
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        phase: Phase,
+        task_id: str | None = None,
+        json: dict[str, object] | None = None,
+        read_timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        headers = self._key_headers() if self.may_send_key(url) else {}
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                headers=headers,
+                json=json,
+                timeout=read_timeout if read_timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TransportError as exc:
+            raise error_for_transport(exc, phase=phase, task_id=task_id) from exc
+        if response.status_code >= 300:
+            raise error_for_response(response, phase=phase, task_id=task_id, now=self._clock.time())
+        return response
+
+    async def submit(self, request: BaseRequest) -> Task:
+        """Submit ``request`` to ``POST {base}/v1/{model}``."""
+        url = f"{self.base_url}/v1/{quote(request.model, safe='')}"
+        submitted_at = self._clock.monotonic()
+        response = await self._send(
+            "POST", url, phase="submit", json=request.to_body(), read_timeout=self._submit_timeout
+        )
+        try:
+            reply = SubmitReply.model_validate(response.json())
+        except (ValueError, pydantic.ValidationError) as exc:
+            # The server answered 2xx, so a task may exist even though we cannot read it.
+            raise AmbiguousSubmitError(
+                "submit answered without a readable task id", status_code=response.status_code
+            ) from exc
+        logger.debug("submitted task %s for model %s", reply.id, request.model)
+        return Task(
+            id=reply.id,
+            polling_url=reply.polling_url,
+            model=request.model,
+            provider=self.name,
+            cost=reply.cost,
+            prompt=getattr(request, "prompt", None),
+            submitted_at=submitted_at,
+            output_format=getattr(request, "output_format", None),
+            reply=reply.model_dump(exclude_none=True),
+        )
+
+    def polling_url(self, task: Task) -> str:
+        """Return the URL to poll: the one the server gave, else the documented fallback."""
+        url = task.polling_url
+        if url and urlsplit(url).scheme in ("http", "https"):
+            return url
+        return f"{self.base_url}/v1/get_result?id={quote(task.id, safe='')}"
+
+    async def poll(self, task: Task) -> PollReply:
+        """Fetch ``task``'s status from its polling URL."""
+        response = await self._send("GET", self.polling_url(task), phase="poll", task_id=task.id)
+        try:
+            return PollReply.model_validate(response.json())
+        except (ValueError, pydantic.ValidationError) as exc:
+            raise ServerError(
+                "unreadable poll reply", status_code=response.status_code, task_id=task.id
+            ) from exc
+
+    async def credits(self) -> float:
+        """Return the account's credit balance from ``GET {base}/v1/credits``."""
+        response = await self._send("GET", f"{self.base_url}/v1/credits", phase="credits")
+        try:
+            value = response.json()["credits"]
+            return float(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServerError("unreadable credits reply", status_code=response.status_code) from exc
