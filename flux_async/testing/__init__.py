@@ -1,0 +1,38 @@
+"""A faithful fake of the BFL API for tests, benchmarks and ``flux-async --simulate``.
+
+In process::
+
+    sim = Simulator(clock=ManualClock())
+    async with httpx.AsyncClient(transport=sim.transport(), base_url=sim.config.api_base) as c:
+        ...
+
+On loopback (needs the ``cli`` extra, for uvicorn)::
+
+    async with serve(sim) as base_url:
+        ...
+"""
+
+from __future__ import annotations
+
+from .._clock import ManualClock, ScaledClock
+from ._app import Simulator
+from ._config import FAKE_API_KEY, KNOWN_MODELS, SimulatorConfig
+from ._records import RequestRecord, SimulatorRecords, SubmitRecord
+from ._server import serve
+from ._state import SimTask
+from ._transport import SimulatorTransport
+
+__all__ = [
+    "FAKE_API_KEY",
+    "KNOWN_MODELS",
+    "ManualClock",
+    "RequestRecord",
+    "ScaledClock",
+    "SimTask",
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorRecords",
+    "SimulatorTransport",
+    "SubmitRecord",
+    "serve",
+]

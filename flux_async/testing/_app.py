@@ -1,0 +1,384 @@
+"""The simulator: a raw ASGI 3 app that answers like BFL's API (``specs/PROTOCOL.md`` §1).
+
+Routes, by path only (one app serves the submit, polling and delivery hosts)::
+
+    POST /v1/{model}                     submit           (x-key required)
+    GET  /v1/get_result?id=ID            poll             (x-key optional; a wrong one: 403)
+    GET  /v1/credits                     credit balance   (x-key required)
+    GET  /results/{id}/sample.{ext}?...  signed delivery  (no key; Range supported)
+
+Auth: no ``x-key`` answers 401, a wrong one 403, both ``{"detail": ...}``. Everything
+else answers 404 ``{"detail": "Not Found"}`` (405 for a known path and a wrong method).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .._clock import Clock, SystemClock
+from .._models import Status
+from ._asgi import (
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    read_body,
+    send_response,
+    serve_lifespan,
+)
+from ._config import SimulatorConfig
+from ._delivery import PATH as DELIVERY_PATH
+from ._delivery import deliver
+from ._faults import Fault, Faults, Target
+from ._records import RequestRecord, SimulatorRecords, SubmitRecord, elide
+from ._signing import Signer
+from ._state import Plan, SimState, SimTask
+from ._validation import check, output_shape
+
+__all__ = ["Simulator"]
+
+_MODEL_PATH = re.compile(r"/v1/([A-Za-z0-9._-]+)")
+_BODY_LIMIT = 64 * 1024 * 1024
+_MODERATION = {"Moderation Reasons": ["Simulated moderation"]}
+
+_Handler = Callable[[Request, bytes], Awaitable[Response]]
+
+
+class Simulator:
+    """A deterministic fake of the BFL API, in process or on loopback.
+
+    Use :meth:`transport` with ``httpx.AsyncClient`` in process, or
+    :func:`~flux_async.testing.serve` for real HTTP. Script the next tasks with
+    :meth:`plan_next`, make requests misbehave with :meth:`inject`, and assert on
+    :attr:`records`. All randomness comes from RNGs seeded with ``config.seed``; all
+    time from ``clock`` (``monotonic()`` for task timelines, ``time()`` for the wall
+    times and URL expiries it reports).
+    """
+
+    def __init__(
+        self, config: SimulatorConfig | None = None, *, clock: Clock | None = None
+    ) -> None:
+        self.config = config if config is not None else SimulatorConfig()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.records = SimulatorRecords.bounded(self.config.record_limit)
+        self._state = SimState(self.config.credits, self.config.task_retention)
+        self._rng = random.Random(self.config.seed)
+        self._faults = Faults(self.config)
+        self._signer = Signer(self.config.seed)
+        self._plans: deque[Plan] = deque()
+
+    # --- scripting and inspection -------------------------------------------------------
+
+    def plan_next(
+        self,
+        *,
+        duration: float | None = None,
+        status: str = Status.READY,
+        progress: bool = True,
+        cost: float | None = None,
+    ) -> None:
+        """Script the next submitted task (plans queue up, first in first out).
+
+        ``duration`` in seconds (None: drawn from the model's latency); ``status`` is what
+        it ends in: "Ready", "Request Moderated", "Content Moderated" (both refunded when
+        they end), "Error", "Failed", any other string (answered forever once the
+        duration has passed), or "Task not found" (answered from the first poll on).
+        ``progress=False`` leaves Pending's ``progress`` null; ``cost`` overrides the price.
+        """
+        if duration is not None and duration < 0:
+            raise ValueError("duration is in seconds and must be >= 0")
+        self._plans.append(Plan(duration, status, progress, cost))
+
+    def inject(
+        self,
+        target: Target,
+        *,
+        status: int | None = None,
+        drop: bool = False,
+        truncate: bool = False,
+        delay: float = 0.0,
+        retry_after: str | None = None,
+        body: Any = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next ``times`` requests to ``target`` misbehave (see ``_faults``).
+
+        ``target`` is "submit", "poll", "delivery" or "credits". ``status`` answers that
+        HTTP status instead of running the handler (``body``: JSON-able, ``str`` or
+        ``bytes``; default ``{"detail": <reason>}``; ``retry_after``: the header's value);
+        ``drop`` closes the connection without an answer after the handler ran (a
+        dropped submit has created and billed its task); ``truncate`` sends half the body;
+        ``delay`` sleeps that many seconds on the simulator's clock first.
+        """
+        fault = Fault(status, drop, truncate, delay, retry_after, body)
+        self._faults.inject(target, fault, times)
+
+    def task(self, task_id: str) -> SimTask:
+        """Return the task ``task_id`` (KeyError when unknown or forgotten)."""
+        return self._state.tasks[task_id]
+
+    def status(self, task_id: str) -> str:
+        """Return the status a poll of ``task_id`` would answer now (ignoring faults)."""
+        self._settle()
+        task = self._state.tasks.get(task_id)
+        return Status.NOT_FOUND if task is None else task.status_at(self.clock.monotonic())
+
+    def active_count(self, api_key: str | None = None) -> int:
+        """Return how many tasks ``api_key`` (default: the configured key) has active."""
+        self._settle()
+        return self._state.active(self.config.api_key if api_key is None else api_key)
+
+    @property
+    def credits(self) -> float:
+        """Return the credit balance now (moderated tasks refunded once they ended)."""
+        self._settle()
+        return self._state.credits
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """Return an httpx transport that sends every request to this app, in process."""
+        from ._transport import SimulatorTransport
+
+        return SimulatorTransport(self)
+
+    def __repr__(self) -> str:
+        return f"Simulator(config={self.config!r}, clock={self.clock!r}, state={self._state!r})"
+
+    # --- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one ASGI 3 connection scope."""
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request.from_scope(scope)
+        self.records.requests.append(RequestRecord(request.method, request.host, request.path))
+        body = await read_body(receive, _BODY_LIMIT)
+        if body is None:
+            response = Response.json(413, {"detail": "Request Entity Too Large"})
+            await send_response(send, receive, response, request.link, clock=self.clock)
+            return
+        target, handler = self._route(request)
+        fault = self._faults.take(target) if target is not None else None
+        fault = fault or Fault()
+        if fault.delay:
+            await self.clock.sleep(fault.delay)
+        if fault.status is not None:
+            response = fault.response()
+            if target == "submit":
+                self._record_submit(request, _json_or_none(body), None, response.status)
+        else:
+            response = await handler(request, body)
+        pace = 0.0
+        if target == "delivery" and self.config.slow_delivery_seconds and response.status < 300:
+            pace = self.config.slow_delivery_seconds / max(1, math.ceil(response.length / 65_536))
+        await send_response(
+            send,
+            receive,
+            response,
+            request.link,
+            clock=self.clock,
+            drop=fault.drop,
+            truncate=fault.truncate,
+            pace=pace,
+        )
+
+    def _route(self, request: Request) -> tuple[Target | None, _Handler]:
+        path, method = request.path, request.method
+        if path == "/v1/get_result":
+            if method == "GET":
+                task_id = request.query.get("id")
+                if task_id:
+                    polls = self.records.polls_by_task
+                    polls[task_id] = polls.get(task_id, 0) + 1
+                return "poll", self._poll
+            return None, _not_allowed
+        if path == "/v1/credits":
+            return ("credits", self._credits) if method == "GET" else (None, _not_allowed)
+        model = _MODEL_PATH.fullmatch(path)
+        if model and model.group(1) in self.config.models:
+            return ("submit", self._submit) if method == "POST" else (None, _not_allowed)
+        if DELIVERY_PATH.fullmatch(path):
+            self.records.delivery_headers.append(dict(request.headers))
+            if method in {"GET", "HEAD"}:
+                return "delivery", self._deliver
+            return None, _not_allowed
+        return None, _not_found
+
+    # --- handlers -----------------------------------------------------------------------
+
+    def _auth(self, request: Request) -> Response | None:
+        key = request.headers.get("x-key")
+        if key is None:
+            return Response.json(401, {"detail": "Not authenticated"})
+        if key != self.config.api_key:
+            return Response.json(403, {"detail": "Invalid API key"})
+        return None
+
+    async def _credits(self, request: Request, body: bytes) -> Response:
+        refusal = self._auth(request)
+        return refusal or Response.json(200, {"credits": round(self.credits, 2)})
+
+    async def _submit(self, request: Request, raw: bytes) -> Response:
+        model = request.path.rsplit("/", 1)[1]
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError as exc:
+            problem = {"loc": ["body", getattr(exc, "pos", 0)], "msg": "JSON decode error"}
+            self._record_submit(request, None, None, 422)
+            return Response.json(422, {"detail": [problem | {"type": "json_invalid"}]})
+        response, task_id = self._create(request, model, body)
+        self._record_submit(request, body, task_id, response.status)
+        return response
+
+    def _create(self, request: Request, model: str, body: Any) -> tuple[Response, str | None]:
+        refusal = self._auth(request)
+        if refusal is not None:
+            return refusal, None
+        problems = check(model, body)
+        if problems:
+            return Response.json(422, {"detail": problems}), None
+        plan = self._plans[0] if self._plans else Plan()
+        cost = self.config.cost_for(model) if plan.cost is None else plan.cost
+        key = self.config.api_key
+        if self.credits < cost:
+            return Response.json(402, {"detail": "Insufficient credits"}), None
+        limit = self.config.limit_for(model)
+        if self._state.active(key, model) >= limit:
+            cap = f"{limit} of {model}"
+        elif self._state.active(key) >= self.config.active_limit:
+            cap = str(self.config.active_limit)
+        else:
+            cap = ""
+        if cap:
+            self.records.rejected_429 += 1
+            detail = f"Too many active tasks (at most {cap}); wait for one to finish"
+            return Response.json(429, {"detail": detail}), None
+        if self._plans:
+            self._plans.popleft()
+        shape = output_shape(model, body)
+        seed = body.get("seed")
+        task = SimTask(
+            id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            model=model,
+            api_key=key,
+            prompt=body.get("prompt"),
+            seed=seed if isinstance(seed, int) else self._rng.randrange(2**32),
+            width=shape.width,
+            height=shape.height,
+            output_format=shape.output_format,
+            cost=cost,
+            duration=self._duration(model) if plan.duration is None else plan.duration,
+            outcome=plan.status,
+            progress=plan.progress,
+            submitted_at=self.clock.monotonic(),
+            start_time=self.clock.time(),
+        )
+        self._state.add(task)
+        self.records.max_active_seen = max(self.records.max_active_seen, self._state.active(key))
+        reply = {
+            "id": task.id,
+            "polling_url": f"{self.config.poll_base}/v1/get_result?id={task.id}",
+            "cost": cost,
+            "input_mp": float(shape.input_images),
+            "output_mp": shape.output_mp,
+        }
+        return Response.json(200, reply), task.id
+
+    def _duration(self, model: str) -> float:
+        median, sigma = self.config.latency_for(model)
+        return self._rng.lognormvariate(math.log(median), sigma) if median > 0 else 0.0
+
+    async def _poll(self, request: Request, body: bytes) -> Response:
+        task_id = request.query.get("id")
+        if not task_id:
+            problem = {"loc": ["query", "id"], "msg": "Field required", "type": "missing"}
+            return Response.json(422, {"detail": [problem]})
+        key = request.headers.get("x-key")
+        if key is not None and key != self.config.api_key:
+            return Response.json(403, {"detail": "Invalid API key"})
+        self._settle()
+        now = self.clock.monotonic()
+        task = self._state.tasks.get(task_id)
+        reply: dict[str, Any] = {"id": task_id, "status": Status.NOT_FOUND, "result": None}
+        reply |= {"progress": None, "details": None, "preview": None}
+        if task is None or now - task.submitted_at < self.config.not_found_grace:
+            return Response.json(self.config.not_found_status_code, reply)
+        status = task.status_at(now)
+        if self._is_global_host(request.host):
+            # PROTOCOL: the global host does not hold the task; it stays Pending there.
+            status = Status.PENDING
+        elif status == Status.PENDING:
+            reply["progress"] = task.progress_at(now)
+        elif status == Status.READY:
+            reply["result"] = self._result(task)
+        elif status in {Status.REQUEST_MODERATED, Status.CONTENT_MODERATED}:
+            reply["details"] = _MODERATION
+        reply["status"] = status
+        if status == Status.NOT_FOUND:
+            return Response.json(self.config.not_found_status_code, reply)
+        return Response.json(200, reply)
+
+    def _is_global_host(self, host: str) -> bool:
+        if not self.config.global_poll_pending:
+            return False
+        api_host = urlsplit(self.config.api_base).netloc.lower()
+        return api_host != urlsplit(self.config.poll_base).netloc.lower() and host == api_host
+
+    def _result(self, task: SimTask) -> dict[str, Any]:
+        expiry = task.sample_expiry
+        now = self.clock.time()
+        if expiry is None:
+            expiry = float(int(task.end_time + self.config.url_lifetime))
+        elif self.config.refresh_url_on_poll and now > expiry:
+            expiry = float(int(now + self.config.url_lifetime))
+        task.sample_expiry = expiry
+        sample = self._signer.url(self.config.delivery_base, task.id, task.output_format, expiry)
+        return {
+            "sample": sample,
+            "prompt": task.prompt,
+            "seed": task.seed,
+            "start_time": task.start_time,
+            "end_time": task.end_time,
+            "duration": task.duration,
+        }
+
+    async def _deliver(self, request: Request, body: bytes) -> Response:
+        self._settle()
+        return deliver(request, self._state.tasks, self._signer, self.clock.time(), self.config)
+
+    def _settle(self) -> None:
+        for task_id in self._state.settle(self.clock.monotonic()):
+            self.records.polls_by_task.pop(task_id, None)
+
+    def _record_submit(self, request: Request, body: Any, task_id: str | None, status: int) -> None:
+        model = request.path.rsplit("/", 1)[1]
+        record = SubmitRecord(model, elide(body), dict(request.headers), task_id, status)
+        self.records.submits.append(record)
+
+
+async def _not_found(request: Request, body: bytes) -> Response:
+    return Response.json(404, {"detail": "Not Found"})
+
+
+async def _not_allowed(request: Request, body: bytes) -> Response:
+    return Response.json(405, {"detail": "Method Not Allowed"})
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
