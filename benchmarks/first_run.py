@@ -73,8 +73,10 @@ async def main(n: int, speed: float, seed: int) -> None:
     durations = [rng.lognormvariate(mu=1.791759, sigma=0.4) for _ in range(n)]
     ideal = ideal_fifo(durations, CAP)
     print(f"{n} prompts, flux-2-pro, cap {CAP}, loopback simulator at {speed:g}x")
-    print(f"simulated generation: mean {statistics.fmean(durations):.2f} s, "
-          f"sum {sum(durations):.1f} s, ideal FIFO makespan {ideal:.2f} s")
+    print(
+        f"simulated generation: mean {statistics.fmean(durations):.2f} s, "
+        f"sum {sum(durations):.1f} s, ideal FIFO makespan {ideal:.2f} s"
+    )
     rows = [
         ("flux_async (default)", await one_run(n, speed, None, durations)),
         ("naive 0.5 s loop", await one_run(n, speed, FixedIntervalPolicy(0.5), durations)),

@@ -18,8 +18,7 @@ def test_all_matches_the_public_names(module: types.ModuleType) -> None:
     public = {
         name
         for name, value in vars(module).items()
-        if not name.startswith("_")
-        and getattr(value, "__module__", "").startswith("flux_async")
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith("flux_async")
     }
     undeclared = public - set(exported)
     assert not undeclared, f"{module.__name__} exports undeclared names: {undeclared}"
