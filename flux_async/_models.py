@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._data_urls import shown_data_url
 from ._errors import FluxError
 
 __all__ = [
@@ -183,7 +184,12 @@ class Outcome(BaseModel):
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` without its query string: signed URLs carry their secret there."""
+    """Return ``url`` without its query string: signed URLs carry their secret there.
+
+    A ``data:`` URL (an inline image from a relay) shows its header and length only.
+    """
+    if url[:5].lower() == "data:":
+        return shown_data_url(url)
     parts = urlsplit(url)
     query = "?<redacted>" if parts.query else ""
     return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"

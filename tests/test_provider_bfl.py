@@ -250,7 +250,11 @@ def test_presets_and_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
 
-async def test_make_provider_refuses_dialects_not_built() -> None:
+async def test_make_provider_dispatches_on_the_dialect() -> None:
     async with httpx.AsyncClient() as http:
-        with pytest.raises(ConfigurationError, match="dialect"):
-            make_provider(get_preset("apiyi"), http, key=ApiKey(KEY), clock=ManualClock())
+        made = make_provider(get_preset("apiyi"), http, key=ApiKey(KEY), clock=ManualClock())
+        assert type(made).__name__ == "OpenAIProvider"
+        assert isinstance(
+            make_provider(get_preset("dmxapi"), http, key=ApiKey(KEY), clock=ManualClock()),
+            BFLProvider,
+        )

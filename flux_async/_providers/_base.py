@@ -81,7 +81,25 @@ class ProviderPreset:
     task_timeout: float  # seconds from submit before a task is given up
     request_timeout: float  # read timeout of a submit, seconds
     latency_scale: float = 1.0  # multiplies the catalog's typical latency
+    # The catalog models the provider serves; None: every one.
+    models: frozenset[str] | None = None
 
+
+# APIYI's list (seeds 003/004), less the models the catalog does not know (flux-pro).
+_APIYI_MODELS = frozenset(
+    {
+        "flux-2-max",
+        "flux-2-pro",
+        "flux-2-flex",
+        "flux-2-klein-9b",
+        "flux-2-klein-4b",
+        "flux-kontext-max",
+        "flux-kontext-pro",
+        "flux-pro-1.1-ultra",
+        "flux-pro-1.1",
+        "flux-dev",
+    }
+)
 
 PRESETS: dict[str, ProviderPreset] = {
     p.name: p
@@ -89,6 +107,8 @@ PRESETS: dict[str, ProviderPreset] = {
         ProviderPreset("bfl", "https://api.bfl.ai", "bfl", "BFL_API_KEY", True, 900.0, 60.0),
         ProviderPreset("bfl-eu", "https://api.eu.bfl.ai", "bfl", "BFL_API_KEY", True, 900.0, 60.0),
         ProviderPreset("bfl-us", "https://api.us.bfl.ai", "bfl", "BFL_API_KEY", True, 900.0, 60.0),
+        # DMXAPI's BFL relay: generation "usually takes 60-120 s" there, so the first poll
+        # comes later (10x the catalog's latency), a task gets 20 minutes, a submit 2.
         ProviderPreset(
             "dmxapi",
             "https://www.dmxapi.cn/flux",
@@ -99,8 +119,17 @@ PRESETS: dict[str, ProviderPreset] = {
             120.0,
             latency_scale=10.0,
         ),
+        # The OpenAI-style relays answer when the image exists: a submit's read timeout
+        # is minutes (their docs say allow >= 120 s), and there is nothing to poll.
         ProviderPreset(
-            "apiyi", "https://api.apiyi.com", "openai", "APIYI_API_KEY", False, 600.0, 300.0
+            "apiyi",
+            "https://api.apiyi.com",
+            "openai",
+            "APIYI_API_KEY",
+            False,
+            600.0,
+            300.0,
+            models=_APIYI_MODELS,
         ),
         ProviderPreset(
             "dmxapi-openai",
@@ -110,6 +139,7 @@ PRESETS: dict[str, ProviderPreset] = {
             False,
             600.0,
             300.0,
+            models=frozenset({"flux-kontext-pro", "flux-kontext-max"}),
         ),
     )
 }

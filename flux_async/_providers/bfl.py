@@ -58,7 +58,8 @@ class BFLProvider:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         self._api_origin = (parts.scheme, parts.netloc)
-        self._submit_timeout = httpx.Timeout(10.0, read=preset.request_timeout)
+        # Writes get the long timeout too: a body may carry up to 8 base64 reference images.
+        self._submit_timeout = httpx.Timeout(preset.request_timeout, connect=10.0)
 
     def __repr__(self) -> str:
         return f"BFLProvider(name={self.name!r}, base_url={self.base_url!r}, key={self._key!r})"

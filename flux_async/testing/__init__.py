@@ -17,6 +17,7 @@ from __future__ import annotations
 from .._clock import ManualClock, ScaledClock
 from ._app import Simulator
 from ._config import FAKE_API_KEY, KNOWN_MODELS, SimulatorConfig
+from ._keys import KeySighting
 from ._records import RequestRecord, SimulatorRecords, SubmitRecord
 from ._server import serve
 from ._state import SimTask
@@ -25,6 +26,7 @@ from ._transport import SimulatorTransport
 __all__ = [
     "FAKE_API_KEY",
     "KNOWN_MODELS",
+    "KeySighting",
     "ManualClock",
     "RequestRecord",
     "ScaledClock",
