@@ -14,6 +14,8 @@ from __future__ import annotations
 
 __all__ = ["RateBudget"]
 
+_TOLERANCE = 1e-9
+
 
 class RateBudget:
     """Allow ``per_task`` polls per in-flight task per second, bursts up to ``burst``x."""
@@ -40,7 +42,9 @@ class RateBudget:
     def delay_for(self, now: float, in_flight: int) -> float:
         """Return seconds until a poll may be sent (0 when a token is available now)."""
         level = self._level(now, in_flight)
-        if level >= 1.0:
+        # A hair short of a token counts as one: otherwise float rounding can ask for a
+        # wait too small to move the clock, and the caller would spin on it.
+        if level >= 1.0 - _TOLERANCE:
             return 0.0
         return (1.0 - level) / self._rate(in_flight)
 

@@ -10,16 +10,17 @@ cancellation.
 Download hosts get no credentials: the HTTP client must carry none (the constructor
 refuses one that does) and requests are sent with ``auth=None``. URLs are logged and
 reported through :func:`redact_url`, never with their signed query string.
+
+A ``data:...;base64,`` URL (the image an OpenAI-style relay returned as ``b64_json``) is
+saved the same way, decoded a chunk at a time into the temp file: the decoded image is
+never held whole next to its base64 text, and no request is made.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import random
-import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,10 +29,12 @@ from urllib.parse import urlsplit
 import aiofiles
 import aiofiles.os
 import anyio
-import anyio.to_thread
+import anyio.lowlevel
 import httpx
 
+from ._atomic_write import write_atomically
 from ._clock import Clock
+from ._data_urls import data_url_header, decoded_chunks, is_data_url, shown_data_url
 from ._edf import DeadlineGate
 from ._errors import (
     ConfigurationError,
@@ -66,8 +69,6 @@ _CONTENT_TYPE_EXTENSIONS = {
 _FORMAT_EXTENSIONS = {"jpeg": ".jpeg", "jpg": ".jpeg", "png": ".png", "webp": ".webp"}
 _DEFAULT_EXTENSION = ".jpeg"
 _IDENTITY = frozenset({"", "identity"})
-# Bytes of the final name kept in `.{name}.{random}.part`: stays under the 255-byte limit.
-_TEMP_STEM_MAX = 180
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +176,14 @@ def _describe(exc: BaseException, url: str) -> str:
     return text.replace(query, "<redacted>") if query else text
 
 
+def _shown(url: str) -> str:
+    """Return ``url`` as logs and errors may show it: no signed query, no inline image."""
+    return shown_data_url(url) if is_data_url(url) else redact_url(url)
+
+
 def _error(kind: type[DownloadError], reason: str, url: str, task_id: str | None) -> DownloadError:
     what = "result URL expired" if kind is ResultExpiredError else "download failed"
-    return kind(f"{what}: {reason}", task_id=task_id, url=redact_url(url))
+    return kind(f"{what}: {reason}", task_id=task_id, url=_shown(url))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -270,7 +276,7 @@ class Downloader:
                     return saved
                 except _ATTEMPT_ERRORS as exc:
                     reason = _describe(exc, url)
-                    _log.debug("download %s attempt %d: %s", redact_url(url), attempt, reason)
+                    _log.debug("download %s attempt %d: %s", _shown(url), attempt, reason)
                     if isinstance(exc, _StatusError) and exc.status in _EXPIRED_STATUSES:
                         if refreshed or refresh is None:
                             raise _error(ResultExpiredError, reason, url, task_id) from exc
@@ -331,6 +337,8 @@ class Downloader:
     async def _fetch(
         self, url: str, dest: Path, output_format: str | None, task_id: str | None
     ) -> SavedFile:
+        if is_data_url(url):
+            return await self._save_data_url(url, dest, output_format, task_id)
         if urlsplit(url).scheme.lower() not in {"http", "https"}:
             raise _error(DownloadError, "not an http(s) URL", url, task_id)
         # auth=None: even a client-level auth must never reach a download host.
@@ -341,67 +349,68 @@ class Downloader:
             final = dest
             if not dest.suffix:
                 final = dest.with_name(dest.name + extension_for(output_format, content_type))
-            try:
-                await aiofiles.os.makedirs(final.parent, exist_ok=True)
-            except OSError as exc:
-                reason = f"cannot create folder {final.parent}: {exc}"
-                raise _error(DownloadError, reason, url, task_id) from exc
-            size, digest = await self._write(response, final, url, task_id)
+            await self._makedirs(final, url, task_id)
+            size, digest = await self._write(
+                _body_chunks(response, self._chunk_size, url, task_id),
+                final,
+                url,
+                task_id,
+                verify=lambda size: _check_length(response, size, url, task_id),
+            )
         _log.debug("saved %s (%d bytes) from %s", final, size, redact_url(url))
         return SavedFile(path=final, size=size, sha256=digest, content_type=content_type)
 
-    async def _write(
-        self, response: httpx.Response, final: Path, url: str, task_id: str | None
-    ) -> tuple[int, str]:
-        """Stream ``response`` into a temp file beside ``final``, then rename it into place."""
-        stem = final.name.encode("utf-8", "surrogateescape")[:_TEMP_STEM_MAX]
-        temp = final.with_name(f".{stem.decode('utf-8', 'ignore')}.{secrets.token_hex(6)}.part")
-        digest = hashlib.sha256()
-        size = 0
-        done = False
+    async def _save_data_url(
+        self, url: str, dest: Path, output_format: str | None, task_id: str | None
+    ) -> SavedFile:
+        """Decode a ``data:...;base64,`` URL into ``dest``, a chunk at a time."""
         try:
-            # Shielded: a cancelled open would leak the handle and the file it created.
-            with anyio.CancelScope(shield=True):
-                handle = await aiofiles.open(temp, "wb")
-            try:
-                expected = _content_length(response)
-                try:
-                    async for chunk in response.aiter_bytes(self._chunk_size):
-                        await handle.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                        self._bytes_written += len(chunk)
-                except httpx.RemoteProtocolError as exc:
-                    # The peer closed mid-body (h11 checks Content-Length): a short read.
-                    reason = f"connection closed after {size} of {expected or '?'} bytes"
-                    raise IncompleteDownloadError(
-                        reason, task_id=task_id, url=redact_url(url)
-                    ) from exc
-                # Content-Length counts the bytes on the wire, before any decoding. An empty
-                # body is no image either, and a retry may well bring the real one.
-                encoding = response.headers.get("content-encoding", "").strip().lower()
-                got = response.num_bytes_downloaded if encoding not in _IDENTITY else size
-                if (expected is not None and got != expected) or size == 0:
-                    reason = f"got {got} of {expected if expected is not None else '?'} bytes"
-                    raise IncompleteDownloadError(reason, task_id=task_id, url=redact_url(url))
-                await handle.flush()
-                # fsync before the rename: otherwise a power cut can leave an empty file
-                # under the final name, which a resumed batch would take for a saved image.
-                await anyio.to_thread.run_sync(os.fsync, handle.fileno())
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await handle.close()
-            # Shielded: once the rename starts, finish it rather than race it with cleanup.
-            with anyio.CancelScope(shield=True):
-                await aiofiles.os.replace(temp, final)
-            done = True
+            content_type, start = data_url_header(url)
+        except ValueError as exc:
+            raise _error(DownloadError, str(exc), url, task_id) from exc
+        final = dest
+        if not dest.suffix:
+            final = dest.with_name(dest.name + extension_for(output_format, content_type))
+        await self._makedirs(final, url, task_id)
+
+        def verify(size: int) -> None:
+            if size == 0:
+                raise _error(DownloadError, "the data: URL holds no image", url, task_id)
+
+        size, digest = await self._write(
+            _decoded_chunks(url, start, self._chunk_size, task_id),
+            final,
+            url,
+            task_id,
+            verify=verify,
+        )
+        _log.debug("saved %s (%d bytes) from an inline image", final, size)
+        return SavedFile(path=final, size=size, sha256=digest, content_type=content_type)
+
+    async def _makedirs(self, final: Path, url: str, task_id: str | None) -> None:
+        try:
+            await aiofiles.os.makedirs(final.parent, exist_ok=True)
+        except OSError as exc:
+            reason = f"cannot create folder {final.parent}: {exc}"
+            raise _error(DownloadError, reason, url, task_id) from exc
+
+    async def _write(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        final: Path,
+        url: str,
+        task_id: str | None,
+        *,
+        verify: Callable[[int], None],
+    ) -> tuple[int, str]:
+        """Write ``chunks`` into place atomically; a disk error is a DownloadError."""
+        try:
+            return await write_atomically(chunks, final, verify=verify, on_chunk=self._count)
         except OSError as exc:
             raise _error(DownloadError, f"cannot write {final}: {exc}", url, task_id) from exc
-        finally:
-            if not done:
-                with anyio.CancelScope(shield=True):
-                    await _remove_quietly(temp)
-        return size, digest.hexdigest()
+
+    def _count(self, written: int) -> None:
+        self._bytes_written += written
 
     def statistics(self) -> DownloaderStatistics:
         """Return a snapshot of the queue and the counters."""
@@ -421,9 +430,46 @@ class Downloader:
         )
 
 
-async def _remove_quietly(path: Path) -> None:
+async def _body_chunks(
+    response: httpx.Response, chunk_size: int, url: str, task_id: str | None
+) -> AsyncGenerator[bytes, None]:
+    """Yield the response body; a connection closed mid-body is an incomplete download."""
+    received = 0
     try:
-        await aiofiles.os.remove(path)
-    except FileNotFoundError:
-        # The open itself failed, so there is nothing to clean up.
-        return
+        async for chunk in response.aiter_bytes(chunk_size):
+            received += len(chunk)
+            yield chunk
+    except httpx.RemoteProtocolError as exc:
+        # The peer closed mid-body (h11 checks Content-Length): a short read.
+        expected = _content_length(response)
+        reason = f"connection closed after {received} of {expected or '?'} bytes"
+        raise IncompleteDownloadError(reason, task_id=task_id, url=redact_url(url)) from exc
+
+
+def _check_length(response: httpx.Response, size: int, url: str, task_id: str | None) -> None:
+    """Raise IncompleteDownloadError unless the body matched Content-Length (and is not empty)."""
+    expected = _content_length(response)
+    # Content-Length counts the bytes on the wire, before any decoding. An empty body is
+    # no image either, and a retry may well bring the real one.
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    got = response.num_bytes_downloaded if encoding not in _IDENTITY else size
+    if (expected is not None and got != expected) or size == 0:
+        reason = f"got {got} of {expected if expected is not None else '?'} bytes"
+        raise IncompleteDownloadError(reason, task_id=task_id, url=redact_url(url))
+
+
+async def _decoded_chunks(
+    url: str, start: int, chunk_size: int, task_id: str | None
+) -> AsyncGenerator[bytes, None]:
+    """Yield the image in the data: URL ``url``, decoded a chunk at a time."""
+    chunks = decoded_chunks(url, start, chunk_size)
+    while True:
+        try:
+            chunk = next(chunks, None)
+        except ValueError as exc:  # binascii.Error
+            raise _error(DownloadError, "the image's base64 is corrupt", url, task_id) from exc
+        if chunk is None:
+            return
+        yield chunk
+        # Decoding is CPU work: let other tasks run between chunks of a large image.
+        await anyio.lowlevel.checkpoint()

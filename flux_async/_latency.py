@@ -169,19 +169,34 @@ class LatencyModel:
     def _sigma(self, state: _KeyState) -> float:
         return min(max(math.sqrt(state.var), self._min_sigma), self._max_sigma)
 
-    def observe(self, key: str, duration: float, *, censored_at: float | None = None) -> None:
+    def observe(
+        self,
+        key: str,
+        duration: float,
+        *,
+        censored_at: float | None = None,
+        evidence: tuple[float, float] | None = None,
+    ) -> None:
         """Record a task of ``key`` seen done ``duration`` s after submit.
 
         ``censored_at``, when given, is the elapsed time of the last poll that still saw
         the task pending (``0.0`` if the first poll found it done): the true completion
         lies in ``(censored_at, duration]``. Without it ``duration`` is taken as exact.
+        ``evidence`` is ``(mean, sd)`` of ``log T`` for this one task from elsewhere (its
+        progress readings); it narrows a wide interval to where the task really ended.
         """
         state = self._state(key)
         sigma = self._sigma(state)
         if censored_at is None:
             x, extra_var = math.log(max(duration, _MIN_DURATION)), 0.0
         else:
-            x, extra_var = _truncated_log_moments(censored_at, duration, state.mu, sigma)
+            mu, sd = state.mu, sigma
+            if evidence is not None and evidence[1] > 0.0:
+                # The posterior of this task's log T before the interval: precision-weighted.
+                w_model, w_evidence = 1.0 / (sd * sd), 1.0 / (evidence[1] ** 2)
+                mu = (mu * w_model + evidence[0] * w_evidence) / (w_model + w_evidence)
+                sd = math.sqrt(1.0 / (w_model + w_evidence))
+            x, extra_var = _truncated_log_moments(censored_at, duration, mu, sd)
         limit = max(self._clip * sigma, self._min_clip)
         residual = min(max(x - state.mu, -limit), limit)
         old = self._keep * state.weight

@@ -7,16 +7,10 @@ first poll (:meth:`PollPolicy.first_delay`), and how long until the next one aft
 scheduler reports (:meth:`PollPolicy.observe_completion`). All times are float seconds;
 nothing here sleeps or reads a clock.
 
-:class:`HazardPolicy` is the default. Inspection theory (Keller, 1974) says the poll
-density that minimises ``k * E[polls] + lam * E[detection lag]`` is
-``n(t) = c * sqrt(h(t))`` with ``c = sqrt(lam / 2k)`` and ``h = f / S`` the hazard rate of
-the completion time: poll rarely while a task is unlikely to be done, densely where
-completions cluster. Each poll sits one unit of the running integral of ``n`` after
-the previous one (the first at ``first_mass`` units after submit). The others are
-baselines: :class:`FixedIntervalPolicy` (BFL's examples), :class:`ReferencePolicy`
-(BFL's reference client) and :class:`BackoffPolicy`.
-
-:func:`simulate_schedule` runs any policy against given completion times.
+The default, :class:`~flux_async._hazard.HazardPolicy`, lives in ``_hazard``. Here are
+the baselines: :class:`FixedIntervalPolicy` (BFL's examples), :class:`ReferencePolicy`
+(BFL's reference client) and :class:`BackoffPolicy`; and :func:`simulate_schedule`,
+which runs any policy against given completion times.
 """
 
 from __future__ import annotations
@@ -27,17 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._latency import LatencyModel, lognormal_hazard
+from ._progress import progress_estimate
 
 __all__ = [
     "BackoffPolicy",
     "FixedIntervalPolicy",
-    "HazardPolicy",
     "PollPolicy",
     "PollState",
     "ReferencePolicy",
     "ScheduleStats",
-    "next_poll_time",
     "simulate_schedule",
 ]
 
@@ -48,7 +40,9 @@ class PollState:
 
     ``submitted_at``, ``last_poll_at`` and ``progress_at`` are monotonic seconds;
     ``last_progress`` is the latest ``progress`` (0..1) a Pending reply carried, read at
-    ``progress_at``; ``polls`` counts the Pending replies seen.
+    ``progress_at``; ``polls`` counts the Pending replies seen. ``estimate`` is the total
+    time (seconds after submit) the first usable reading predicted, and
+    ``estimate_progress`` that reading: kept so the completion can grade it.
     """
 
     key: str
@@ -57,6 +51,8 @@ class PollState:
     last_progress: float | None = None
     last_poll_at: float | None = None
     progress_at: float | None = None
+    estimate: float | None = None
+    estimate_progress: float | None = None
 
     def record(self, now: float, progress: float | None) -> None:
         """Note a Pending reply read at ``now`` (policies call this in ``next_delay``)."""
@@ -65,6 +61,10 @@ class PollState:
         if progress is not None:
             self.last_progress = progress
             self.progress_at = now
+            if self.estimate is None:
+                self.estimate = progress_estimate(now - self.submitted_at, progress)
+                if self.estimate is not None:
+                    self.estimate_progress = min(progress, 1.0)
 
 
 class PollPolicy(Protocol):
@@ -79,14 +79,20 @@ class PollPolicy(Protocol):
         ...
 
     def observe_completion(
-        self, key: str, duration: float, *, censored_at: float | None = None
+        self,
+        key: str,
+        duration: float,
+        *,
+        censored_at: float | None = None,
+        state: PollState | None = None,
     ) -> None:
         """Learn that a task of ``key`` was seen done ``duration`` s after its submit.
 
         ``censored_at`` is the elapsed time (since the same submit) of the last poll that
         still saw it pending, or ``0.0`` when the first poll already found it done: the
         task really finished in ``(censored_at, duration]``. ``None`` means ``duration``
-        is exact (known from elsewhere, not from polling).
+        is exact (known from elsewhere, not from polling). ``state`` is the task's
+        :class:`PollState`, for policies that grade its progress readings.
         """
         ...
 
@@ -109,7 +115,12 @@ class FixedIntervalPolicy:
         return self.interval
 
     def observe_completion(
-        self, key: str, duration: float, *, censored_at: float | None = None
+        self,
+        key: str,
+        duration: float,
+        *,
+        censored_at: float | None = None,
+        state: PollState | None = None,
     ) -> None:
         """Ignore: a fixed loop learns nothing."""
 
@@ -164,7 +175,12 @@ class BackoffPolicy:
         return self._jittered(min(self.cap, self.base * self.factor**exponent))
 
     def observe_completion(
-        self, key: str, duration: float, *, censored_at: float | None = None
+        self,
+        key: str,
+        duration: float,
+        *,
+        censored_at: float | None = None,
+        state: PollState | None = None,
     ) -> None:
         """Ignore: this schedule takes its latency from the catalog only."""
 
@@ -180,148 +196,6 @@ class ReferencePolicy(BackoffPolicy):
 
     def __repr__(self) -> str:
         return "ReferencePolicy()"
-
-
-def next_poll_time(
-    start: float, mu: float, sigma: float, rate: float, max_gap: float, mass: float = 1.0
-) -> float:
-    """Return ``t`` with ``integral(start, t) rate*sqrt(h(u)) du == mass`` for a lognormal h.
-
-    Stop at ``start + max_gap`` if the integral has not reached ``mass`` by then. Times are
-    seconds since submit. The step tracks both the hazard's own time scale
-    (``sigma * u``: it changes with ``log u``) and the poll spacing, so one call costs
-    a few dozen hazard evaluations.
-    """
-    end = start + max_gap
-    scale = 0.02 * math.exp(mu)
-    u = max(start, 0.0)
-    acc = 0.0
-    density = rate * math.sqrt(lognormal_hazard(u, mu, sigma))
-    while u < end:
-        step = min(end - u, 0.25 * sigma * max(u, scale))
-        if density > 0.0:
-            step = min(step, 0.125 * mass / density)
-        mid = rate * math.sqrt(lognormal_hazard(u + 0.5 * step, mu, sigma))
-        if acc + mid * step >= mass:
-            return u + (mass - acc) / mid
-        acc += mid * step
-        u += step
-        density = mid
-    return end
-
-
-class HazardPolicy:
-    """Poll where completions are likely: density ``rate * sqrt(hazard)`` (Keller's rule).
-
-    ``rate`` is Keller's ``c = sqrt(lam / 2k)`` in 1/sqrt(s): one second of detection lag
-    is worth ``2 * rate**2`` polls. Polls before completion scale with ``rate`` and the
-    lag with ``1/rate``. The first poll falls where the integral from submit reaches
-    ``first_mass`` (a phase: slightly more than one unit, since a fresh task is known
-    not to be done at submit); each later one a whole unit further on. The defaults
-    (rate 1.6, first_mass 1.2) give about 2.9 polls per task at 0.49 s mean lag on
-    lognormal(median 3 s, sigma 0.5) times, within 1% of the optimal inspection
-    schedule (Barlow and Proschan's recursion) at that lag. Intervals are clamped to
-    ``[floor, cap]``; the first to ``[floor, first_cap]``, since waiting before a task
-    can plausibly be done costs nothing.
-
-    Progress: a Pending reply's ``progress`` p at elapsed t estimates the total time as
-    ``t / p`` (or, given an earlier reading, by the progress rate since it, which is not
-    fooled by time spent queued). That estimate's log-error is taken as
-    ``progress_sigma * (1 - p)`` (the error of the remaining part, relative to the
-    whole) and combined with the learned lognormal by precision weighting; the task is
-    then scheduled by the hazard of the combined lognormal. Progress near 1 thus pulls
-    the next poll to the estimated finish; a slow start pushes it out.
-
-    Learning: completions reach the :class:`LatencyModel` interval-censored (see its
-    module docstring), which keeps the estimate unbiased by the detection lag.
-    """
-
-    def __init__(
-        self,
-        model: LatencyModel,
-        *,
-        floor: float = 0.25,
-        cap: float = 5.0,
-        first_cap: float = 60.0,
-        rate: float = 1.6,
-        first_mass: float = 1.2,
-        progress_sigma: float = 0.5,
-    ) -> None:
-        if not 0.0 < floor <= cap or first_cap < floor or rate <= 0.0 or first_mass <= 0.0:
-            raise ValueError("need 0 < floor <= cap, first_cap >= floor, rate and first_mass > 0")
-        self.model = model
-        self.floor = floor
-        self.cap = cap
-        self.first_cap = first_cap
-        self.rate = rate
-        self.first_mass = first_mass
-        self.progress_sigma = progress_sigma
-
-    def _task_params(
-        self, state: PollState, previous: tuple[float, float] | None
-    ) -> tuple[float, float]:
-        """Return ``(mu, sigma)`` for this task: the model, sharpened by its progress."""
-        mu, sigma = self.model.params(state.key)
-        p, at = state.last_progress, state.progress_at
-        if p is None or at is None or not math.isfinite(p) or p < 0.01:
-            return mu, sigma
-        elapsed = at - state.submitted_at
-        if elapsed <= 0.0:
-            return mu, sigma
-        p = min(p, 1.0)
-        total = elapsed / p
-        if previous is not None:
-            p0, at0 = previous
-            if p > p0 and at > at0:
-                total = elapsed + (1.0 - p) * (at - at0) / (p - p0)
-        obs_sigma = max(self.progress_sigma * (1.0 - p), 0.02)
-        w_model, w_obs = 1.0 / (sigma * sigma), 1.0 / (obs_sigma * obs_sigma)
-        weight = w_model + w_obs
-        return (mu * w_model + math.log(total) * w_obs) / weight, math.sqrt(1.0 / weight)
-
-    def _delay(
-        self,
-        elapsed: float,
-        start: float,
-        params: tuple[float, float],
-        cap: float,
-        mass: float,
-    ) -> float:
-        """Return seconds from ``elapsed`` to the poll ``mass`` units after ``start``."""
-        target = next_poll_time(start, params[0], params[1], self.rate, cap, mass)
-        return min(max(target - elapsed, self.floor), cap)
-
-    def first_delay(self, state: PollState, now: float) -> float:
-        """Return the wait until the running integral from submit reaches ``first_mass``."""
-        params = self._task_params(state, None)
-        elapsed = now - state.submitted_at
-        if state.polls:  # a task resumed mid-flight: schedule as after any Pending reply
-            return self._delay(elapsed, elapsed, params, self.cap, 1.0)
-        return self._delay(elapsed, 0.0, params, self.first_cap, self.first_mass)
-
-    def next_delay(self, state: PollState, now: float, *, progress: float | None) -> float:
-        """Record the Pending reply and return the wait until the integral adds 1 more."""
-        previous = None
-        if state.last_progress is not None and state.progress_at is not None:
-            previous = (state.last_progress, state.progress_at)
-        state.record(now, progress)
-        if progress is None:
-            previous = None  # the latest reading is unchanged; no new rate to learn
-        elapsed = now - state.submitted_at
-        params = self._task_params(state, previous)
-        return self._delay(elapsed, elapsed, params, self.cap, 1.0)
-
-    def observe_completion(
-        self, key: str, duration: float, *, censored_at: float | None = None
-    ) -> None:
-        """Feed the completion, interval-censored, to the latency model."""
-        self.model.observe(key, duration, censored_at=censored_at)
-
-    def __repr__(self) -> str:
-        return (
-            f"HazardPolicy(rate={self.rate}, floor={self.floor}, cap={self.cap}, "
-            f"model={self.model!r})"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +240,7 @@ def simulate_schedule(
             reported = progress(seen, duration) if progress is not None else None
             sent = reply + policy.next_delay(state, reply, progress=reported)
         lags.append(reply - duration)
-        policy.observe_completion(key, reply, censored_at=last_pending)
+        policy.observe_completion(key, reply, censored_at=last_pending, state=state)
     lags.sort()
     p95 = lags[max(0, math.ceil(0.95 * len(lags)) - 1)]
     return ScheduleStats(total_polls / len(durations), sum(lags) / len(lags), p95)

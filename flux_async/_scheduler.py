@@ -3,8 +3,11 @@
 A min-heap of ``(due, seq, entry)`` and one timer, re-armed for the earliest entry (the
 shape of aiolimiter's ``_wake_next``): no sleeping coroutine per task. When an entry is
 due, the loop takes a poll slot (at most ``max_concurrent_polls`` requests in flight) and
-runs one short poll job in its own task group; the job reads the reply and either
-resolves the entry or pushes it back with its next due time from the :class:`PollPolicy`.
+a token of the :class:`RateBudget` (on average one status request per pending task per
+second, bursts up to twice that; when none is left the same timer is armed for the next
+token), and runs one short poll job in its own task group; the job reads the reply and
+either resolves the entry or pushes it back with its next due time from the
+:class:`PollPolicy`.
 
 The scheduler is handed a poll function and never imports httpx. Each entry resolves
 exactly once, to a :class:`TaskResult` or a :class:`FluxError`, and calls its
@@ -24,30 +27,31 @@ import anyio
 import anyio.abc
 
 from ._backoff import compute_backoff
+from ._budget import RateBudget
 from ._clock import Clock
 from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
     FluxError,
-    GenerationError,
-    ModerationError,
     RateLimitError,
     ServerError,
     TaskError,
-    TaskNotFoundError,
     TaskTimeoutError,
     TransportError,
-    UnknownStatusError,
 )
 from ._models import PollReply, Status, Task, TaskResult
 from ._policy import PollPolicy, PollState
+from ._replies import failure_for, not_found, ready_without_sample, unknown_status
 
 __all__ = ["PollFn", "Scheduler", "SchedulerStatistics"]
 
 logger = logging.getLogger("flux_async")
 
 PollFn = Callable[[Task], Awaitable[PollReply]]
+
+# Never wait less than this for a budget token: a shorter sleep may not move the clock.
+_MIN_BUDGET_WAIT = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ class SchedulerStatistics:
     poll_errors: int  # polls that failed in transport or with a 5xx
     resolved: int  # tasks that reached an outcome
     next_due_in: float | None  # seconds until the earliest poll, None when idle
+    throttled: int = 0  # times a due poll waited for the poll-rate budget
 
 
 @dataclass(eq=False)
@@ -76,9 +81,10 @@ class _Entry:
     polls: int = 0
     seq: int = -1  # the seq of this entry's live heap item; older items are stale
 
-    def resolve(self, outcome: TaskResult | FluxError) -> None:
+    def resolve(self, outcome: TaskResult | FluxError) -> bool:
+        """Set the outcome once; return whether this call set it."""
         if self.outcome is not None:
-            return
+            return False
         self.outcome = outcome
         self.done.set()
         if self.on_terminal is not None:
@@ -86,6 +92,7 @@ class _Entry:
                 self.on_terminal(outcome)
             finally:
                 self.on_terminal = None
+        return True
 
 
 class Scheduler:
@@ -101,6 +108,8 @@ class Scheduler:
             replicated yet" rather than "unknown id".
         unknown_status_tolerance: seconds an unrecognised status is tolerated.
         error_backoff_cap: cap of the backoff after a failed poll request, in seconds.
+        budget: the poll-rate budget (default: one poll per pending task per second,
+            bursts up to twice that).
     """
 
     def __init__(
@@ -114,6 +123,7 @@ class Scheduler:
         not_found_grace: float = 10.0,
         unknown_status_tolerance: float = 60.0,
         error_backoff_cap: float = 10.0,
+        budget: RateBudget | None = None,
     ) -> None:
         if max_concurrent_polls < 1:
             raise ValueError("max_concurrent_polls must be >= 1")
@@ -125,6 +135,7 @@ class Scheduler:
         self._not_found_grace = not_found_grace
         self._unknown_tolerance = unknown_status_tolerance
         self._error_cap = error_backoff_cap
+        self._budget = budget if budget is not None else RateBudget()
         self._heap: list[tuple[float, int, _Entry]] = []
         self._entries: dict[str, _Entry] = {}
         self._seq = itertools.count()
@@ -134,6 +145,8 @@ class Scheduler:
         self._polls = 0
         self._poll_errors = 0
         self._resolved = 0
+        self._pending = 0
+        self._throttled = 0
         self._running = False
         self._slot_free = anyio.Event()
 
@@ -159,6 +172,7 @@ class Scheduler:
             on_terminal=on_terminal,
         )
         self._entries[task.id] = entry
+        self._pending += 1
         if task.immediate is not None:
             self._handle_reply(entry, task.immediate, now)
             return
@@ -193,7 +207,8 @@ class Scheduler:
     def abandon_all(self, reason: FluxError) -> None:
         """Resolve every pending entry with ``reason`` (used when the client closes)."""
         for entry in list(self._entries.values()):
-            entry.resolve(reason)
+            if entry.resolve(reason):
+                self._pending -= 1
         self._heap.clear()
 
     # -- the loop -----------------------------------------------------------------------
@@ -216,7 +231,16 @@ class Scheduler:
                     # The heap may have changed while we waited for a poll slot.
                     if not self._heap or self._heap[0][2] is not entry:
                         continue
+                    now = self._clock.monotonic()
+                    wait = self._budget.delay_for(now, self._pending)
+                    if wait > 0.0:
+                        # Out of tokens: the one timer waits for the next; then look again,
+                        # since an earlier entry may have been pushed meanwhile.
+                        self._throttled += 1
+                        await self._clock.sleep(max(wait, _MIN_BUDGET_WAIT))
+                        continue
                     heapq.heappop(self._heap)
+                    self._budget.take(now, self._pending)
                     self._in_flight += 1
                     jobs.start_soon(self._poll_job, entry)
         finally:
@@ -304,72 +328,33 @@ class Scheduler:
         task_id = entry.task.id
         status = reply.status
         age = now - entry.state.submitted_at
+        failure = failure_for(task_id, reply)
         if status == Status.PENDING:
             entry.first_unknown_at = None
             progress = reply.progress if isinstance(reply.progress, (int, float)) else None
-            entry.state.last_progress = progress
             self._push(entry, now + self._policy.next_delay(entry.state, now, progress=progress))
         elif status == Status.READY:
             self._finish(entry, self._ready(entry, reply, now))
-        elif status in (Status.REQUEST_MODERATED, Status.CONTENT_MODERATED):
-            self._finish(
-                entry,
-                ModerationError(
-                    f"{status}: the provider refused the {_refused_what(status)}; not billed",
-                    task_id=task_id,
-                    status=status,
-                    reply=reply,
-                ),
-            )
-        elif status in (Status.ERROR, Status.FAILED):
-            self._finish(
-                entry,
-                GenerationError(
-                    f"generation failed with status {status!r}",
-                    task_id=task_id,
-                    status=status,
-                    reply=reply,
-                ),
-            )
+        elif failure is not None:
+            self._finish(entry, failure)
         elif status == Status.NOT_FOUND:
             if age < self._not_found_grace:
                 self._push(entry, now + min(1.0, self._not_found_grace - age))
             else:
-                self._finish(
-                    entry,
-                    TaskNotFoundError(
-                        f"the server does not know this task ({age:.1f} s after submit)",
-                        task_id=task_id,
-                        status=status,
-                        reply=reply,
-                    ),
-                )
+                self._finish(entry, not_found(task_id, reply, age))
         else:
             if entry.first_unknown_at is None:
                 entry.first_unknown_at = now
                 logger.warning("task %s has unknown status %r; tolerating it", task_id, status)
             if now - entry.first_unknown_at >= self._unknown_tolerance:
-                self._finish(
-                    entry,
-                    UnknownStatusError(
-                        f"unknown status {status!r} lasted {now - entry.first_unknown_at:.0f} s",
-                        task_id=task_id,
-                        status=status,
-                        reply=reply,
-                    ),
-                )
+                self._finish(entry, unknown_status(task_id, reply, now - entry.first_unknown_at))
             else:
                 self._push(entry, now + self._policy.next_delay(entry.state, now, progress=None))
 
     def _ready(self, entry: _Entry, reply: PollReply, now: float) -> TaskResult | FluxError:
         sample = reply.sample()
         if sample is None or not sample.sample:
-            return GenerationError(
-                "status Ready without a result.sample URL",
-                task_id=entry.task.id,
-                status=reply.status,
-                reply=reply,
-            )
+            return ready_without_sample(entry.task.id, reply)
         state = entry.state
         if entry.task.immediate is None:
             # The task finished somewhere in (last Pending poll, now]: interval-censored.
@@ -377,7 +362,7 @@ class Scheduler:
             last = state.last_poll_at
             censored = 0.0 if last is None else max(0.0, last - state.submitted_at)
             self._policy.observe_completion(
-                state.key, now - state.submitted_at, censored_at=censored
+                state.key, now - state.submitted_at, censored_at=censored, state=state
             )
         return TaskResult(
             task=entry.task,
@@ -393,6 +378,7 @@ class Scheduler:
     def _finish(self, entry: _Entry, outcome: TaskResult | FluxError) -> None:
         if entry.outcome is None:
             self._resolved += 1
+            self._pending -= 1
         if isinstance(outcome, (TaskError, AuthenticationError, BadRequestError)):
             logger.info("task %s ended: %s", entry.task.id, outcome)
         entry.resolve(outcome)
@@ -407,7 +393,7 @@ class Scheduler:
 
     def statistics(self) -> SchedulerStatistics:
         """Return a snapshot of the loop's state."""
-        pending = sum(1 for e in self._entries.values() if e.outcome is None)
+        pending = self._pending
         live = [due for due, seq, e in self._heap if e.outcome is None and seq == e.seq]
         next_due = min(live) - self._clock.monotonic() if live else None
         return SchedulerStatistics(
@@ -417,12 +403,9 @@ class Scheduler:
             poll_errors=self._poll_errors,
             resolved=self._resolved,
             next_due_in=next_due,
+            throttled=self._throttled,
         )
 
     def __repr__(self) -> str:
         s = self.statistics()
         return f"Scheduler(pending={s.pending}, in_flight={s.in_flight}, polls={s.polls})"
-
-
-def _refused_what(status: str) -> str:
-    return "prompt or input image" if status == Status.REQUEST_MODERATED else "generated image"

@@ -77,3 +77,13 @@ def test_repr_shows_the_tokens() -> None:
     budget = RateBudget()
     budget.take(0.0, 1)
     assert repr(budget) == "RateBudget(per_task=1.0, burst=2.0, tokens=1.0)"
+
+
+def test_a_hair_short_of_a_token_counts_as_one() -> None:
+    budget = RateBudget()
+    for _ in range(2):
+        budget.take(0.0, 1)
+    # Float rounding leaves the level a hair under one token after exactly one second.
+    budget._tokens = -1e-12
+    assert budget.delay_for(1.0, 1) == 0.0
+    assert budget.delay_for(0.5, 1) == pytest.approx(0.5)

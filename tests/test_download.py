@@ -409,7 +409,9 @@ async def test_permanent_failure_is_not_retried(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("data:image/png;base64,AAAA", "not an http"),
+        ("ftp://files.example/x.jpeg", "not an http"),
+        ("data:image/png,rawbytes", "only base64 data: URLs"),
+        ("data:image/png;base64,!!!!", "base64 is corrupt"),
         ("https://a\x00b.example/x.jpeg", "non-printable"),
     ],
 )

@@ -9,16 +9,15 @@ from collections.abc import Callable
 
 import pytest
 
+from flux_async._hazard import HazardPolicy, next_poll_time
 from flux_async._latency import LatencyModel, lognormal_hazard
 from flux_async._policy import (
     BackoffPolicy,
     FixedIntervalPolicy,
-    HazardPolicy,
     PollPolicy,
     PollState,
     ReferencePolicy,
     ScheduleStats,
-    next_poll_time,
     simulate_schedule,
 )
 

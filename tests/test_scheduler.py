@@ -21,7 +21,7 @@ from flux_async import (
 )
 from flux_async._errors import APIError, ConnectError, RateLimitError, ServerError
 from flux_async._models import PollReply, Task
-from flux_async._policy import BackoffPolicy, FixedIntervalPolicy
+from flux_async._policy import BackoffPolicy, FixedIntervalPolicy, PollState
 from flux_async._scheduler import Scheduler
 
 from ._util import settle
@@ -416,3 +416,91 @@ async def test_an_earlier_task_rearms_the_timer(clock: ManualClock, server: Fake
         assert clock.next_deadline == pytest.approx(1.0)
         assert "pending=2" in repr(sched)
         tg.cancel_scope.cancel()
+
+
+# --- the poll-rate budget --------------------------------------------------------------
+
+
+async def run_for(clock: ManualClock, seconds: float, sleepers: list[int]) -> None:
+    """Jump from deadline to deadline for ``seconds`` of clock time, noting sleepers."""
+    end = clock.monotonic() + seconds
+    while True:
+        await settle()
+        sleepers.append(clock.sleepers)
+        deadline = clock.next_deadline
+        if deadline is None or deadline > end:
+            return
+        clock.advance(max(0.0, deadline - clock.monotonic()))
+
+
+@pytest.mark.parametrize("tasks", [1, 5])
+async def test_the_budget_holds_polls_to_one_per_task_per_second(
+    clock: ManualClock, server: FakeServer, tasks: int
+) -> None:
+    sched = Scheduler(server.poll, clock=clock, policy=FixedIntervalPolicy(0.05))
+    sleepers: list[int] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        for i in range(tasks):
+            sched.add(server.task(f"t{i}", lambda _e: status("t", "Pending")))
+        await run_for(clock, 20.0, sleepers)
+        tg.cancel_scope.cancel()
+    polls = sum(server.polls.values())
+    # The opening burst (twice the rate), then the refill: 20 s at one per task per second.
+    assert 20 * tasks <= polls <= (2 + 20) * tasks + 1
+    assert sched.statistics().throttled > 0
+    assert max(sleepers) == 1  # the budget waits on the same single timer
+
+
+async def test_a_slow_schedule_is_not_throttled(clock: ManualClock, server: FakeServer) -> None:
+    sched = Scheduler(server.poll, clock=clock, policy=FixedIntervalPolicy(2.0))
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        for i in range(10):
+            sched.add(server.task(f"t{i}", lambda _e: status("t", "Pending")))
+        await run_for(clock, 20.0, [])
+        tg.cancel_scope.cancel()
+    assert sum(server.polls.values()) == 10 * 10
+    assert sched.statistics().throttled == 0
+
+
+class RecordingPolicy(FixedIntervalPolicy):
+    """A fixed schedule that notes what the scheduler hands it."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+        self.seen_before: list[float | None] = []
+        self.completions: list[tuple[float | None, object]] = []
+
+    def next_delay(self, state: PollState, now: float, *, progress: float | None) -> float:
+        self.seen_before.append(state.last_progress)
+        return super().next_delay(state, now, progress=progress)
+
+    def observe_completion(
+        self,
+        key: str,
+        duration: float,
+        *,
+        censored_at: float | None = None,
+        state: PollState | None = None,
+    ) -> None:
+        self.completions.append((censored_at, state))
+
+
+async def test_the_policy_records_each_reading_itself(
+    clock: ManualClock, server: FakeServer
+) -> None:
+    policy = RecordingPolicy()
+    sched = Scheduler(server.poll, clock=clock, policy=policy)
+    task = server.task("t", done_after(3.5, "t"))
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        sched.add(task)
+        await drive(clock, lambda: bool(policy.completions))
+        tg.cancel_scope.cancel()
+    # Before each reading is recorded, the state still holds the previous one.
+    assert policy.seen_before == [None, pytest.approx(1 / 3.5), pytest.approx(2 / 3.5)]
+    censored_at, state = policy.completions[0]
+    assert censored_at == pytest.approx(3.0)
+    assert isinstance(state, PollState)
+    assert state.polls == 3

@@ -132,6 +132,10 @@ def _linked_protocol() -> type[asyncio.Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Without it every small answer waits ~40 ms for the client's delayed ACK.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.app = _with_link(self.app, Link(close=transport.close))
 
     return LinkedH11Protocol
