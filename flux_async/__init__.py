@@ -36,7 +36,19 @@ from ._errors import (
     UnknownStatusError,
     ValidationError,
 )
+from ._events import (
+    Event,
+    EventHook,
+    ImageSaved,
+    TaskFailed,
+    TaskOrphaned,
+    TaskPolled,
+    TaskReady,
+    TaskSubmitted,
+    WebhookReceived,
+)
 from ._models import GeneratedImage, Outcome, PollReply, Task, TaskResult
+from ._orphans import OnCancel, OrphanStatistics
 from ._requests import (
     BaseRequest,
     Flux2FlexRequest,
@@ -51,6 +63,8 @@ from ._requests import (
     build_request,
     validate_request,
 )
+from ._webhook_app import WebhookReceiverStatistics
+from ._webhooks import WebhookRejected, new_webhook_secret, sign_body
 
 __version__ = "0.1.0.dev0"
 
@@ -68,6 +82,8 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "DownloadError",
+    "Event",
+    "EventHook",
     "Flux2FlexRequest",
     "Flux2KleinRequest",
     "Flux2Request",
@@ -79,12 +95,15 @@ __all__ = [
     "FluxUltraRequest",
     "GeneratedImage",
     "GenerationError",
+    "ImageSaved",
     "IncompleteDownloadError",
     "InsufficientCreditsError",
     "KontextRequest",
     "ManualClock",
     "ModelSpec",
     "ModerationError",
+    "OnCancel",
+    "OrphanStatistics",
     "Outcome",
     "PollReply",
     "RateLimitError",
@@ -95,14 +114,24 @@ __all__ = [
     "SystemClock",
     "Task",
     "TaskError",
+    "TaskFailed",
     "TaskNotFoundError",
+    "TaskOrphaned",
+    "TaskPolled",
+    "TaskReady",
     "TaskResult",
+    "TaskSubmitted",
     "TaskTimeoutError",
     "TransportError",
     "UnknownStatusError",
     "ValidationError",
+    "WebhookReceived",
+    "WebhookReceiverStatistics",
+    "WebhookRejected",
     "__version__",
     "build_request",
     "get_model",
+    "new_webhook_secret",
+    "sign_body",
     "validate_request",
 ]

@@ -11,7 +11,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,24 +29,32 @@ import anyio.abc
 import httpx
 
 from ._backoff import compute_backoff
-from ._catalog import DEFAULT_ACTIVE_LIMIT, MODELS
+from ._catalog import DEFAULT_ACTIVE_LIMIT
 from ._clock import Clock, SystemClock
 from ._download import Downloader, DownloaderStatistics, result_deadline
 from ._errors import (
     AmbiguousSubmitError,
     ClientClosedError,
     ConnectError,
+    DownloadError,
     FluxError,
     RateLimitError,
     RequestTimeoutError,
     ServerError,
 )
+from ._events import EventEmitter, EventHook, flatten_statistics
+from ._hazard import default_policy
+from ._hybrid import HybridPolicy
 from ._limits import ActiveTaskLimiter, LimiterStatistics, Slot
 from ._models import GeneratedImage, Outcome, Status, Task, TaskResult
-from ._policy import BackoffPolicy, PollPolicy
+from ._orphans import OnCancel, OrphanHook, OrphanKeeper, OrphanStatistics, WorkTracker
+from ._policy import PollPolicy
 from ._providers import ApiKey, Provider, get_preset, make_provider, resolve_api_key
+from ._references import ReferenceImage, reference_placeholders, resolve_references
 from ._requests import BaseRequest, build_request, validate_request
 from ._scheduler import Scheduler, SchedulerStatistics
+from ._webhook_app import ASGIApp, WebhookReceiver, WebhookReceiverStatistics, asgi_app
+from ._window import AdaptiveWindow
 
 __all__ = ["AsyncFlux", "ClientStatistics"]
 
@@ -57,11 +72,17 @@ class _State(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ClientStatistics:
-    """Snapshots of the client's limiter, scheduler and downloader."""
+    """Snapshots of the client's limiter, scheduler and downloader (webhooks: when on)."""
 
     limiter: LimiterStatistics
     scheduler: SchedulerStatistics
     downloader: DownloaderStatistics
+    webhooks: WebhookReceiverStatistics | None = None
+    orphans: OrphanStatistics | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        """Return every number as a flat ``{"limiter.in_flight": 3, ...}`` dict, for metrics."""
+        return flatten_statistics(self)
 
 
 class AsyncFlux:
@@ -74,8 +95,24 @@ class AsyncFlux:
 
     Limits: ``max_active`` tasks in flight per account (default 24; the catalog's model caps,
     6 for ``flux-kontext-max``, apply unless ``per_model_limits`` overrides them),
-    ``max_downloads`` concurrent downloads, ``max_concurrent_polls`` poll requests at once.
+    ``max_downloads`` concurrent downloads (default: ``max_active``), ``max_concurrent_polls`` poll requests at once.
     ``retry_ambiguous=True`` lets a submit that may have been billed be sent again.
+
+    Adapting: when the server answers 429 below ``max_active`` (another process shares the
+    key, or the plan is smaller), ``adaptive_limit`` lowers the window to what it accepted
+    and probes one step up after each ``limit_quiet_period`` seconds without a 429.
+    ``poll_policy`` replaces the default schedule (hazard-shaped polls learned per
+    provider and model, see ``_hazard``).
+
+    In a web backend (docs/web-backend.md): ``webhook_url`` makes every submission carry
+    it and ``webhook_secret`` (None: a fresh random one); deliveries go to
+    :meth:`handle_webhook` or :meth:`webhook_app`, and such tasks are polled only every
+    ``webhook_fallback`` to twice that many seconds, in case a webhook is lost.
+    ``event_hooks`` receive every event (see ``_events``). ``on_cancel`` says what
+    becomes of a paid task whose caller was cancelled: ``"orphan"`` saves its image (to
+    ``orphan_dir``, else where the caller asked) and calls ``on_orphan(image)``;
+    ``"abandon"`` does not download it. ``drain_timeout`` is the default of
+    :meth:`aclose`'s ``drain``: seconds to let paid work finish before stopping.
     """
 
     def __init__(
@@ -86,16 +123,26 @@ class AsyncFlux:
         *,
         max_active: int = DEFAULT_ACTIVE_LIMIT,
         per_model_limits: Mapping[str, int] | None = None,
-        max_downloads: int = 8,
+        max_downloads: int | None = None,
         max_concurrent_polls: int = 16,
         task_timeout: float | None = None,
         retry_ambiguous: bool = False,
         rate_limit_timeout: float = 600.0,
         max_submit_retries: int = 5,
         poll_policy: PollPolicy | None = None,
+        adaptive_limit: bool = True,
+        limit_quiet_period: float = 30.0,
         clock: Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_fallback: float = 30.0,
+        event_hooks: Iterable[EventHook] = (),
+        on_cancel: OnCancel = "orphan",
+        orphan_dir: str | Path | None = None,
+        on_orphan: OrphanHook | None = None,
+        drain_timeout: float = 0.0,
     ) -> None:
         self._preset = get_preset(provider)
         self._key: ApiKey = resolve_api_key(api_key, self._preset)
@@ -106,12 +153,36 @@ class AsyncFlux:
         self._retry_ambiguous = retry_ambiguous
         self._rate_limit_timeout = rate_limit_timeout
         self._max_submit_retries = max_submit_retries
-        self._max_downloads = max_downloads
-        self._limiter = ActiveTaskLimiter(max_active, per_model=per_model_limits)
-        scale = self._preset.latency_scale
-        self._policy: PollPolicy = poll_policy or BackoffPolicy(
-            initial=lambda key: _typical_latency(key) * scale
+        # Every finished task may need a download at once: one lane per active slot.
+        self._max_downloads = max_downloads or max_active
+        window = (
+            AdaptiveWindow(max_active, quiet_period=limit_quiet_period) if adaptive_limit else None
         )
+        self._limiter = ActiveTaskLimiter(
+            max_active, per_model=per_model_limits, adaptive=window, clock=self._clock
+        )
+        # Latency-aware polling, learned per provider:model from the catalog's prior.
+        self._policy: PollPolicy = poll_policy or default_policy(self._preset.latency_scale)
+        self._events = EventEmitter(event_hooks, clock=self._clock)
+        self._webhooks = WebhookReceiver(
+            webhook_url,
+            webhook_secret,
+            clock=self._clock,
+            events=self._events,
+            dialect=self._preset.dialect,
+        )
+        if self._webhooks.enabled:
+            self._policy = HybridPolicy(self._policy, webhook_fallback)
+        self._work = WorkTracker(self._clock)
+        self._orphans = OrphanKeeper(
+            on_cancel,
+            orphan_dir=orphan_dir,
+            on_orphan=on_orphan,
+            events=self._events,
+            work=self._work,
+        )
+        self._drain_timeout = drain_timeout
+        self._closing = False
         self._scheduler_args = {
             "max_concurrent_polls": max_concurrent_polls,
             "task_timeout": task_timeout or self._preset.task_timeout,
@@ -147,7 +218,11 @@ class AsyncFlux:
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
-            limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+            # Callers queue at the limiter, not in the pool: requests on the wire are at most
+            # the submits in flight, the polls in flight and a few webhook confirmations.
+            # Keeping that many alive spares a TLS handshake per request under load.
+            busy = self._limiter.limit + int(self._scheduler_args["max_concurrent_polls"])
+            limits = httpx.Limits(max_connections=busy + 32, max_keepalive_connections=busy)
             api_http = await stack.enter_async_context(
                 httpx.AsyncClient(
                     transport=self._transport,
@@ -173,8 +248,9 @@ class AsyncFlux:
             self._downloader = Downloader(
                 download_http, clock=self._clock, max_concurrent=self._max_downloads
             )
+            poll = self._events.observe_poll(self._provider.poll)
             self._scheduler = Scheduler(
-                self._provider.poll,
+                poll,
                 clock=self._clock,
                 policy=self._policy,
                 **self._scheduler_args,  # type: ignore[arg-type]
@@ -182,6 +258,10 @@ class AsyncFlux:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._abandon)
             await self._tg.start(self._scheduler.run)
+            self._webhooks.bind(poll, self._scheduler, self._tg)
+            self._orphans.bind(
+                self._tg, wait=self._scheduler.wait, save=self.save, forget=self._scheduler.forget
+            )
         except BaseException:
             await stack.aclose()
             raise
@@ -195,20 +275,49 @@ class AsyncFlux:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        # Leaving on an error or a cancellation stops at once; a clean exit may drain.
+        await self.aclose(drain=None if exc_type is None else 0.0)
 
-    async def aclose(self) -> None:
-        """Stop the scheduler and every background task, and close all connections."""
+    async def aclose(self, drain: float | None = None) -> None:
+        """Stop the scheduler and every background task, and close all connections.
+
+        ``drain`` (default: ``drain_timeout``, 0) gives paid work that many seconds to
+        finish first: callers past their submit, orphans being saved, pending tasks. New
+        submissions are refused meanwhile with ClientClosedError (nothing paid). What is
+        left then is stopped: its waiters get ClientClosedError.
+        """
+        if self._closing:
+            return  # another aclose() is draining, or the client is closed
         if self._state is not _State.OPENED:
             self._state = _State.CLOSED
             return
-        self._state = _State.CLOSED
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-        if self._stack is not None:
-            await self._stack.aclose()
+        self._closing = True
+        seconds = self._drain_timeout if drain is None else drain
+        try:
+            scheduler = self._scheduler
+            if seconds > 0 and scheduler is not None:
+                idle = await self._work.wait_idle(
+                    seconds, lambda: scheduler.statistics().pending == 0
+                )
+                if not idle:
+                    logger.warning("paid work still in progress after draining %.1f s", seconds)
+        finally:
+            self._state = _State.CLOSED
+            self._webhooks.unbind()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            if self._stack is not None:
+                await self._stack.aclose()
+
+    def _check_accepting(self) -> None:
+        """Refuse a submission once the client is closing (called before anything is paid)."""
+        if self._closing:
+            raise ClientClosedError("the client is closing; this request was not submitted")
 
     def _abandon(self) -> None:
+        lost = self._orphans.lost()
+        if lost:
+            logger.warning("client closed before saving orphaned task(s) %s", ", ".join(lost))
         if self._scheduler is None:
             return
         pending = self._scheduler.statistics().pending
@@ -231,64 +340,112 @@ class AsyncFlux:
         """Validate ``fields`` against ``model``'s rules; raise ValidationError naming the field."""
         return build_request(model, prompt, **fields)
 
-    async def submit(self, request: BaseRequest | None = None, /, **fields: Any) -> Task:
+    async def submit(
+        self,
+        request: BaseRequest | None = None,
+        /,
+        *,
+        images: Sequence[ReferenceImage] | None = None,
+        **fields: Any,
+    ) -> Task:
         """Submit one request under the active-task limit and start polling it.
 
         Pass a request model, or fields (``prompt=``, ``model=``, ...). The task's slot is
-        held until the scheduler sees a terminal status.
+        held until the scheduler sees a terminal status. ``images`` (URLs, paths, bytes or
+        data: URLs) fill the model's reference fields, replacing any the request has;
+        files are read only now, just before sending.
         """
-        req = (
-            validate_request(request)
-            if request is not None
-            else build_request(
-                fields.pop("model", "flux-2-pro"), fields.pop("prompt", None), **fields
-            )
-        )
-        return await self._submit(req)
+        if request is not None:
+            req = validate_request(request)
+        else:
+            model = fields.pop("model", "flux-2-pro")
+            fields.update(reference_placeholders(images, model=model, fields=fields))
+            req = build_request(model, fields.pop("prompt", None), **fields)
+        return await self._submit(req, images)
 
-    async def _submit(self, req: BaseRequest) -> Task:
+    async def _submit(
+        self, req: BaseRequest, images: Sequence[ReferenceImage] | None = None
+    ) -> Task:
         provider, scheduler, _ = self._require_open()
-        slot = await self._limiter.acquire(req.model)
-        try:
-            task = await self._submit_with_retries(provider, req)
-        except BaseException:
-            slot.release()
-            raise
+        if images:
+            req = await self._with_references(req, images)
+        req = self._webhooks.prepare(req)
+        task, slot = await self._submit_with_retries(provider, req)
         self._track(scheduler, task, slot)
         return task
 
-    def _track(self, scheduler: Scheduler, task: Task, slot: Slot) -> None:
-        scheduler.add(task, on_terminal=lambda _outcome: slot.release())
+    async def _with_references(
+        self, req: BaseRequest, images: Sequence[ReferenceImage]
+    ) -> BaseRequest:
+        """Return ``req`` with its reference fields filled from ``images``, as the wire needs."""
+        resolved = await resolve_references(images, model=req.model, dialect=self._preset.dialect)
+        changes: dict[str, Any] = dict.fromkeys(type(req).reference_fields)
+        changes.update(resolved)
+        return req.replace(**changes)
 
-    async def _submit_with_retries(self, provider: Provider, req: BaseRequest) -> Task:
+    def _track(
+        self, scheduler: Scheduler, task: Task, slot: Slot, *, submitted: bool = True
+    ) -> None:
+        # Only tasks submitted here carry this client's webhook; resumed ones are polled.
+        key = self._webhooks.watch(task) if submitted else None
+        self._events.submitted(task, webhook=key is not None)
+
+        def ended(outcome: TaskResult | FluxError) -> None:
+            slot.release()
+            self._webhooks.unwatch(task.id)
+            self._work.notify()
+            self._events.ended(task, outcome)
+
+        scheduler.add(task, on_terminal=ended, key=key)
+
+    async def _submit_with_retries(self, provider: Provider, req: BaseRequest) -> tuple[Task, Slot]:
+        """Take a slot and submit ``req``; return the task and the (accepted) slot it holds.
+
+        A 429 created nothing: the slot goes back (the limiter's window drops to what the
+        server accepted) and the submit waits for one of our own tasks to end, or for
+        the fallback timer, whichever comes first, then goes again at the head of the
+        queue, within ``rate_limit_timeout``. The slot is released if this raises.
+        """
         started = self._clock.monotonic()
-        attempt = 0
-        while True:
-            try:
-                return await provider.submit(req)
-            except RateLimitError as exc:
-                # A 429 created nothing: wait, then submit again, within rate_limit_timeout.
-                self._limiter.note_rate_limited()
-                delay = (
-                    exc.retry_after
-                    if exc.retry_after is not None
-                    else compute_backoff(attempt, base=1.0, cap=30.0)
-                )
-                if self._clock.monotonic() - started + delay > self._rate_limit_timeout:
-                    raise
-            except (ConnectError, ServerError, RequestTimeoutError) as exc:
-                # Nothing reached the server (no connection, 503 at the door): safe to retry.
-                if attempt >= self._max_submit_retries:
-                    raise
-                delay = compute_backoff(attempt, base=1.0, cap=30.0)
-                logger.info("submit not delivered (%s); retrying in %.1f s", exc, delay)
-            except AmbiguousSubmitError as exc:
-                if not self._retry_ambiguous or attempt >= self._max_submit_retries:
-                    raise
-                delay = compute_backoff(attempt, base=1.0, cap=30.0)
-                logger.warning("submit may have been billed (%s); retrying as asked", exc)
-            attempt += 1
-            await self._clock.sleep(delay)
+        slot = await self._limiter.acquire(req.model)
+        attempt = refusals = 0
+        try:
+            while True:
+                self._check_accepting()
+                try:
+                    task = await provider.submit(req)
+                except RateLimitError as exc:
+                    fallback = self._limiter.rate_limited(
+                        slot, attempt=refusals, retry_after=exc.retry_after
+                    )
+                    refusals += 1
+                    if self._clock.monotonic() - started + fallback > self._rate_limit_timeout:
+                        raise
+                    logger.debug("submit refused with 429; waiting for a slot (%s)", exc)
+                    if slot.released:
+                        slot = await self._limiter.acquire(req.model, fallback=fallback)
+                    else:  # a fixed window: keep the slot and wait the delay out
+                        await self._clock.sleep(fallback)
+                    continue
+                except (ConnectError, ServerError, RequestTimeoutError) as exc:
+                    # Nothing reached the server (no connection, 503 at the door): retry.
+                    if attempt >= self._max_submit_retries:
+                        raise
+                    delay = compute_backoff(attempt, base=1.0, cap=30.0)
+                    logger.info("submit not delivered (%s); retrying in %.1f s", exc, delay)
+                except AmbiguousSubmitError as exc:
+                    if not self._retry_ambiguous or attempt >= self._max_submit_retries:
+                        raise
+                    delay = compute_backoff(attempt, base=1.0, cap=30.0)
+                    logger.warning("submit may have been billed (%s); retrying as asked", exc)
+                else:
+                    slot.accepted()
+                    return task, slot
+                attempt += 1
+                await self._clock.sleep(delay)
+        except BaseException:
+            slot.release()
+            raise
 
     async def wait(self, task: Task) -> TaskResult:
         """Wait until the shared scheduler sees ``task`` end; return its result or raise.
@@ -298,7 +455,7 @@ class AsyncFlux:
         """
         _, scheduler, _ = self._require_open()
         if not scheduler.is_registered(task.id):
-            self._track(scheduler, task, self._limiter.occupy(task.model))
+            self._track(scheduler, task, self._limiter.occupy(task.model), submitted=False)
         return await scheduler.wait(task)
 
     async def save(self, result: TaskResult, path: str | Path) -> Path:
@@ -314,14 +471,20 @@ class AsyncFlux:
         deadline = result_deadline(
             result.sample_url, end_time=result.end_time, now=self._clock.time()
         )
-        saved = await downloader.download(
-            result.sample_url,
-            dest,
-            deadline=deadline,
-            task_id=result.task.id,
-            refresh=lambda: self._fresh_url(result),
-            output_format=result.task.output_format,
-        )
+        try:
+            saved = await downloader.download(
+                result.sample_url,
+                dest,
+                deadline=deadline,
+                task_id=result.task.id,
+                refresh=lambda: self._fresh_url(result),
+                output_format=result.task.output_format,
+            )
+        except DownloadError as exc:
+            self._events.failed(exc, result.task)
+            raise
+        orphan = self._orphans.is_adopted(result.task.id)
+        self._events.saved(result.task, saved.path, saved.size, orphan=orphan)
         return saved.path
 
     async def _fresh_url(self, result: TaskResult) -> str | None:
@@ -338,23 +501,31 @@ class AsyncFlux:
         model: str = "flux-2-pro",
         output_dir: str | Path = ".",
         filename: str | None = None,
+        images: Sequence[ReferenceImage] | None = None,
         **fields: Any,
     ) -> GeneratedImage:
-        """Generate one image and save it under ``output_dir``; return where it is."""
+        """Generate one image and save it under ``output_dir``; return where it is.
+
+        ``images`` are reference images for editing: URLs, local paths, bytes or data:
+        URLs, in the order of the model's ``input_image`` fields.
+        """
+        fields.update(reference_placeholders(images, model=model, fields=fields))
         request = build_request(model, prompt, **fields)
-        return await self._generate(request, Path(output_dir), filename)
+        return await self._generate(request, Path(output_dir), filename, images)
 
     async def _generate(
-        self, request: BaseRequest, output_dir: Path, stem: str | None
+        self,
+        request: BaseRequest,
+        output_dir: Path,
+        stem: str | None,
+        images: Sequence[ReferenceImage] | None = None,
     ) -> GeneratedImage:
-        task = await self._submit(request)
-        _, scheduler, _ = self._require_open()
-        try:
-            result = await self.wait(task)
-        finally:
-            # The outcome is in hand (or raised): the scheduler need not remember it.
-            scheduler.forget(task.id)
-        path = await self.save(result, output_dir / (stem or task.id))
+        task = await self._submit(request, images)
+        dest = output_dir / (stem or task.id)
+        # Paid from here on: if this caller is cancelled, the orphan keeper takes over.
+        with self._orphans.guard(task, dest) as guard:
+            result = guard.result = await self.wait(task)
+            path = await self.save(result, dest)
         return GeneratedImage(
             path=path,
             task_id=task.id,
@@ -431,9 +602,9 @@ class AsyncFlux:
     ) -> None:
         prompt: str | None = None
         try:
-            request = _item_request(item, model, defaults)
+            request, images = _item_request(item, model, defaults)
             prompt = getattr(request, "prompt", None)
-            image = await self._generate(request, output_dir, f"{index:05d}")
+            image = await self._generate(request, output_dir, f"{index:05d}", images)
             outcome = Outcome(index=index, prompt=prompt, image=image, task_id=image.task_id)
         except FluxError as exc:
             prompt = prompt or _item_prompt(item)
@@ -448,28 +619,50 @@ class AsyncFlux:
         return await provider.credits()
 
     def statistics(self) -> ClientStatistics:
-        """Return snapshots of the limiter, scheduler and downloader."""
+        """Return snapshots of the limiter, scheduler, downloader, webhooks and orphans."""
         _, scheduler, downloader = self._require_open()
         return ClientStatistics(
             limiter=self._limiter.statistics(),
             scheduler=scheduler.statistics(),
             downloader=downloader.statistics(),
+            webhooks=self._webhooks.statistics(),
+            orphans=self._orphans.statistics(),
         )
 
+    # -- webhooks -----------------------------------------------------------------------
 
-def _typical_latency(key: str) -> float:
-    """Return the catalog's typical latency for a ``provider:model`` key (3 s if unknown)."""
-    spec = MODELS.get(key.rpartition(":")[2])
-    return spec.latency_median if spec is not None else 3.0
+    async def handle_webhook(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """Handle one webhook delivery; return the HTTP status and JSON body to answer.
+
+        Framework-neutral: pass the request's headers and raw body bytes. Forged,
+        malformed or stale deliveries get 401/400/413; duplicates and deliveries for
+        tasks this client does not wait for get 200 and are ignored; a claimed ending
+        gets 202 and is confirmed by one poll before it ends the task.
+        """
+        return await self._webhooks.handle(headers, body)
+
+    def webhook_app(self) -> ASGIApp:
+        """Return a plain ASGI app over :meth:`handle_webhook`, to mount in any framework.
+
+        It may be created before the client opens; until then it answers 503.
+        """
+        return asgi_app(self.handle_webhook, max_body_bytes=self._webhooks.max_body_bytes)
 
 
-def _item_request(item: Item, model: str, defaults: Mapping[str, Any]) -> BaseRequest:
+def _item_request(
+    item: Item, model: str, defaults: Mapping[str, Any]
+) -> tuple[BaseRequest, Sequence[ReferenceImage] | None]:
+    """Return the item's checked request and its reference images (read at submit time)."""
     if isinstance(item, BaseRequest):
-        return validate_request(item)
-    if isinstance(item, str):
-        return build_request(model, item, **defaults)
-    fields = {**defaults, **item}
-    return build_request(fields.pop("model", model), fields.pop("prompt", None), **fields)
+        return validate_request(item), None
+    fields = {**defaults} if isinstance(item, str) else {**defaults, **item}
+    images = fields.pop("images", None)
+    item_model = fields.pop("model", model)
+    prompt = item if isinstance(item, str) else fields.pop("prompt", None)
+    fields.update(reference_placeholders(images, model=item_model, fields=fields))
+    return build_request(item_model, prompt, **fields), images
 
 
 def _item_prompt(item: Item) -> str | None:

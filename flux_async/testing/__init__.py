@@ -22,6 +22,7 @@ from ._records import RequestRecord, SimulatorRecords, SubmitRecord
 from ._server import serve
 from ._state import SimTask
 from ._transport import SimulatorTransport
+from ._webhook_sender import WebhookDelivery, WebhookSender
 
 __all__ = [
     "FAKE_API_KEY",
@@ -36,5 +37,7 @@ __all__ = [
     "SimulatorRecords",
     "SimulatorTransport",
     "SubmitRecord",
+    "WebhookDelivery",
+    "WebhookSender",
     "serve",
 ]

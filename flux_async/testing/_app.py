@@ -6,6 +6,7 @@ Routes, by path only (one app serves the submit, polling and delivery hosts)::
     GET  /v1/get_result?id=ID            poll             (x-key optional; a wrong one: 403)
     GET  /v1/credits                     credit balance   (x-key required)
     GET  /results/{id}/sample.{ext}?...  signed delivery  (no key; Range supported)
+    POST /v1/images/generations          OpenAI-style relay, synchronous (Bearer; ``_openai``)
 
 Auth: no ``x-key`` answers 401, a wrong one 403, both ``{"detail": ...}``. Everything
 else answers 404 ``{"detail": "Not Found"}`` (405 for a known path and a wrong method).
@@ -13,6 +14,7 @@ else answers 404 ``{"detail": "Not Found"}`` (405 for a known path and a wrong m
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -41,10 +43,14 @@ from ._config import SimulatorConfig
 from ._delivery import PATH as DELIVERY_PATH
 from ._delivery import deliver
 from ._faults import Fault, Faults, Target
+from ._keys import KeySighting, key_sightings
+from ._openai import PATH as OPENAI_PATH
+from ._openai import generate as openai_generate
 from ._records import RequestRecord, SimulatorRecords, SubmitRecord, elide
 from ._signing import Signer
 from ._state import Plan, SimState, SimTask
 from ._validation import check, output_shape
+from ._webhook_sender import WebhookSender
 
 __all__ = ["Simulator"]
 
@@ -61,7 +67,8 @@ class Simulator:
     Use :meth:`transport` with ``httpx.AsyncClient`` in process, or
     :func:`~flux_async.testing.serve` for real HTTP. Script the next tasks with
     :meth:`plan_next`, make requests misbehave with :meth:`inject`, and assert on
-    :attr:`records`. All randomness comes from RNGs seeded with ``config.seed``; all
+    :attr:`records` (and :attr:`keys_seen`: every request that carried a credential, by
+    host). All randomness comes from RNGs seeded with ``config.seed``; all
     time from ``clock`` (``monotonic()`` for task timelines, ``time()`` for the wall
     times and URL expiries it reports).
     """
@@ -72,11 +79,14 @@ class Simulator:
         self.config = config if config is not None else SimulatorConfig()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.records = SimulatorRecords.bounded(self.config.record_limit)
+        self.keys_seen: deque[KeySighting] = deque(maxlen=self.config.record_limit)
         self._state = SimState(self.config.credits, self.config.task_retention)
         self._rng = random.Random(self.config.seed)
         self._faults = Faults(self.config)
         self._signer = Signer(self.config.seed)
         self._plans: deque[Plan] = deque()
+        #: Sends each task's webhook while ``async with sim.webhooks.running(sink):``.
+        self.webhooks = WebhookSender(self.config, self.clock, result_for=self._result)
 
     # --- scripting and inspection -------------------------------------------------------
 
@@ -165,6 +175,7 @@ class Simulator:
             return
         request = Request.from_scope(scope)
         self.records.requests.append(RequestRecord(request.method, request.host, request.path))
+        self.keys_seen.extend(key_sightings(request, self.config.api_key))
         body = await read_body(receive, _BODY_LIMIT)
         if body is None:
             response = Response.json(413, {"detail": "Request Entity Too Large"})
@@ -196,7 +207,10 @@ class Simulator:
         )
 
     def _route(self, request: Request) -> tuple[Target | None, _Handler]:
-        path, method = request.path, request.method
+        path, method = self.config.api_path(request.path), request.method
+        if path == OPENAI_PATH:
+            handler: _Handler = functools.partial(openai_generate, self)
+            return ("submit", handler) if method == "POST" else (None, _not_allowed)
         if path == "/v1/get_result":
             if method == "GET":
                 task_id = request.query.get("id")
@@ -287,6 +301,9 @@ class Simulator:
             start_time=self.clock.time(),
         )
         self._state.add(task)
+        webhook_url, secret = body.get("webhook_url"), body.get("webhook_secret")
+        if isinstance(webhook_url, str):
+            self.webhooks.schedule(task, webhook_url, secret if isinstance(secret, str) else None)
         self.records.max_active_seen = max(self.records.max_active_seen, self._state.active(key))
         reply = {
             "id": task.id,
@@ -307,7 +324,7 @@ class Simulator:
             problem = {"loc": ["query", "id"], "msg": "Field required", "type": "missing"}
             return Response.json(422, {"detail": [problem]})
         key = request.headers.get("x-key")
-        if key is not None and key != self.config.api_key:
+        if key is not None and (key != self.config.api_key or self.config.keyless_poll):
             return Response.json(403, {"detail": "Invalid API key"})
         self._settle()
         now = self.clock.monotonic()
@@ -365,6 +382,8 @@ class Simulator:
 
     def _record_submit(self, request: Request, body: Any, task_id: str | None, status: int) -> None:
         model = request.path.rsplit("/", 1)[1]
+        if request.path.endswith(OPENAI_PATH) and isinstance(body, dict):
+            model = str(body.get("model"))  # the OpenAI-style route names it in the body
         record = SubmitRecord(model, elide(body), dict(request.headers), task_id, status)
         self.records.submits.append(record)
 

@@ -115,14 +115,42 @@ class SimulatorConfig:
     drop_connection: float = 0.0
     truncate_delivery: float = 0.0
     slow_delivery_seconds: float = 0.0
+    # --- relays (``_openai.py``; PROTOCOL.md §2-3) ---
+    #: A path the API is served under, before ``/v1`` (DMXAPI's BFL relay: ``/flux``).
+    api_prefix: str = ""
+    #: The polling host is BFL's while ``api_key`` is a relay's (DMXAPI): a poll that
+    #: carries any ``x-key`` is refused with 403 (and shows in ``Simulator.keys_seen``).
+    keyless_poll: bool = False
+    #: How ``POST /v1/images/generations`` returns the image: "url" or "b64_json".
+    openai_response: str = "url"
+    #: When set, ``POST /v1/images/generations`` answers 307 to this base URL instead.
+    openai_redirect: str | None = None
+    # --- webhooks (``_webhook_sender.py``; PROTOCOL.md §1 "Webhooks") ---
+    #: Seconds after a task ends before its webhook is sent to the request's webhook_url.
+    webhook_delay: float = 0.0
+    #: Probabilities per delivery: never sent; sent twice; signed with a wrong secret.
+    webhook_loss: float = 0.0
+    webhook_duplicate: float = 0.0
+    webhook_wrong_secret: float = 0.0
+    #: "secret" (X-Webhook-Secret), "hmac" (X-BFL-Signature) or "both".
+    webhook_auth: str = "secret"
+    #: Body shape: "get_result" (``id``, ``status``...) or "task_id" (``task_id``, "SUCCESS").
+    webhook_shape: str = "get_result"
 
     def __post_init__(self) -> None:
+        if self.openai_response not in ("url", "b64_json"):
+            raise ValueError(
+                f'openai_response is "url" or "b64_json", got {self.openai_response!r}'
+            )
         rates = {
             "submit_5xx": self.submit_5xx,
             "poll_5xx": self.poll_5xx,
             "delivery_5xx": self.delivery_5xx,
             "drop_connection": self.drop_connection,
             "truncate_delivery": self.truncate_delivery,
+            "webhook_loss": self.webhook_loss,
+            "webhook_duplicate": self.webhook_duplicate,
+            "webhook_wrong_secret": self.webhook_wrong_secret,
         }
         for name, rate in rates.items():
             if not 0.0 <= rate <= 1.0:
@@ -131,6 +159,11 @@ class SimulatorConfig:
             raise ValueError("active_limit and record_limit must be at least 1")
         if self.url_lifetime < 0 or self.image_bytes < 0 or self.slow_delivery_seconds < 0:
             raise ValueError("url_lifetime, image_bytes and slow_delivery_seconds must be >= 0")
+
+    def api_path(self, path: str) -> str:
+        """Return a request path without ``api_prefix`` (``/flux/v1/x`` -> ``/v1/x``)."""
+        prefix = self.api_prefix.rstrip("/")
+        return path[len(prefix) :] if prefix and path.startswith(f"{prefix}/v1/") else path
 
     def latency_for(self, model: str) -> tuple[float, float]:
         """Return ``(median seconds, sigma)`` of ``model``'s duration."""
