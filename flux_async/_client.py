@@ -14,12 +14,10 @@ import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Iterable,
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -28,61 +26,37 @@ import anyio
 import anyio.abc
 import httpx
 
-from ._backoff import compute_backoff
 from ._catalog import DEFAULT_ACTIVE_LIMIT
 from ._clock import Clock, SystemClock
-from ._download import Downloader, DownloaderStatistics, result_deadline
-from ._errors import (
-    AmbiguousSubmitError,
-    ClientClosedError,
-    ConnectError,
-    DownloadError,
-    FluxError,
-    RateLimitError,
-    RequestTimeoutError,
-    ServerError,
-)
-from ._events import EventEmitter, EventHook, flatten_statistics
+from ._download import Downloader, result_deadline
+from ._errors import ClientClosedError, DownloadError, FluxError
+from ._events import EventEmitter, EventHook
 from ._hazard import default_policy
 from ._hybrid import HybridPolicy
-from ._limits import ActiveTaskLimiter, LimiterStatistics, Slot
+from ._limits import ActiveTaskLimiter, Slot
+from ._many import Item, run_many
 from ._models import GeneratedImage, Outcome, Status, Task, TaskResult
-from ._orphans import OnCancel, OrphanHook, OrphanKeeper, OrphanStatistics, WorkTracker
+from ._orphans import OnCancel, OrphanHook, OrphanKeeper, WorkTracker
 from ._policy import PollPolicy
-from ._providers import ApiKey, Provider, get_preset, make_provider, resolve_api_key
+from ._providers import ApiKey, Provider, get_preset, resolve_api_key
 from ._references import ReferenceImage, reference_placeholders, resolve_references
 from ._requests import BaseRequest, build_request, validate_request
-from ._scheduler import Scheduler, SchedulerStatistics
-from ._webhook_app import ASGIApp, WebhookReceiver, WebhookReceiverStatistics, asgi_app
+from ._scheduler import Scheduler
+from ._statistics import ClientStatistics
+from ._submission import Submitter
+from ._webhook_app import ASGIApp, WebhookReceiver, asgi_app
 from ._window import AdaptiveWindow
+from ._wiring import open_parts
 
 __all__ = ["AsyncFlux", "ClientStatistics"]
 
 logger = logging.getLogger("flux_async")
-
-Item = str | Mapping[str, Any] | BaseRequest
-USER_AGENT = "flux-async/0.1"
 
 
 class _State(enum.Enum):
     UNOPENED = "unopened"
     OPENED = "opened"
     CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class ClientStatistics:
-    """Snapshots of the client's limiter, scheduler and downloader (webhooks: when on)."""
-
-    limiter: LimiterStatistics
-    scheduler: SchedulerStatistics
-    downloader: DownloaderStatistics
-    webhooks: WebhookReceiverStatistics | None = None
-    orphans: OrphanStatistics | None = None
-
-    def as_dict(self) -> dict[str, float]:
-        """Return every number as a flat ``{"limiter.in_flight": 3, ...}`` dict, for metrics."""
-        return flatten_statistics(self)
 
 
 class AsyncFlux:
@@ -95,7 +69,8 @@ class AsyncFlux:
 
     Limits: ``max_active`` tasks in flight per account (default 24; the catalog's model caps,
     6 for ``flux-kontext-max``, apply unless ``per_model_limits`` overrides them),
-    ``max_downloads`` concurrent downloads (default: ``max_active``), ``max_concurrent_polls`` poll requests at once.
+    ``max_downloads`` concurrent downloads (default: ``max_active``), and
+    ``max_concurrent_polls`` poll requests at once.
     ``retry_ambiguous=True`` lets a submit that may have been billed be sent again.
 
     Adapting: when the server answers 429 below ``max_active`` (another process shares the
@@ -150,9 +125,6 @@ class AsyncFlux:
         self._clock: Clock = clock or SystemClock()
         self._transport = transport
         self._timeout = timeout
-        self._retry_ambiguous = retry_ambiguous
-        self._rate_limit_timeout = rate_limit_timeout
-        self._max_submit_retries = max_submit_retries
         # Every finished task may need a download at once: one lane per active slot.
         self._max_downloads = max_downloads or max_active
         window = (
@@ -160,6 +132,14 @@ class AsyncFlux:
         )
         self._limiter = ActiveTaskLimiter(
             max_active, per_model=per_model_limits, adaptive=window, clock=self._clock
+        )
+        self._submitter = Submitter(
+            self._limiter,
+            clock=self._clock,
+            check_accepting=self._check_accepting,
+            retry_ambiguous=retry_ambiguous,
+            rate_limit_timeout=rate_limit_timeout,
+            max_retries=max_submit_retries,
         )
         # Latency-aware polling, learned per provider:model from the catalog's prior.
         self._policy: PollPolicy = poll_policy or default_policy(self._preset.latency_scale)
@@ -183,10 +163,8 @@ class AsyncFlux:
         )
         self._drain_timeout = drain_timeout
         self._closing = False
-        self._scheduler_args = {
-            "max_concurrent_polls": max_concurrent_polls,
-            "task_timeout": task_timeout or self._preset.task_timeout,
-        }
+        self._max_polls = max_concurrent_polls
+        self._task_timeout = task_timeout or self._preset.task_timeout
         self._state = _State.UNOPENED
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -218,42 +196,20 @@ class AsyncFlux:
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
-            # Callers queue at the limiter, not in the pool: requests on the wire are at most
-            # the submits in flight, the polls in flight and a few webhook confirmations.
-            # Keeping that many alive spares a TLS handshake per request under load.
-            busy = self._limiter.limit + int(self._scheduler_args["max_concurrent_polls"])
-            limits = httpx.Limits(max_connections=busy + 32, max_keepalive_connections=busy)
-            api_http = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=self._transport,
-                    timeout=self._timeout,
-                    follow_redirects=False,
-                    headers={"user-agent": USER_AGENT},
-                    limits=limits,
-                )
-            )
-            # A separate client with no credentials at all: result URLs live on delivery
-            # hosts that must never see the key, and redirects there are safe to follow.
-            download_http = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=self._transport,
-                    follow_redirects=True,
-                    timeout=httpx.Timeout(self._timeout, read=120.0),
-                    headers={"user-agent": USER_AGENT},
-                )
-            )
-            self._provider = make_provider(
-                self._preset, api_http, key=self._key, clock=self._clock, base_url=self._base_url
-            )
-            self._downloader = Downloader(
-                download_http, clock=self._clock, max_concurrent=self._max_downloads
-            )
-            poll = self._events.observe_poll(self._provider.poll)
-            self._scheduler = Scheduler(
-                poll,
+            self._provider, self._downloader, self._scheduler, poll = await open_parts(
+                stack,
+                self._preset,
+                key=self._key,
                 clock=self._clock,
+                base_url=self._base_url,
+                transport=self._transport,
+                http_timeout=self._timeout,
+                max_downloads=self._max_downloads,
                 policy=self._policy,
-                **self._scheduler_args,  # type: ignore[arg-type]
+                events=self._events,
+                max_active=self._limiter.limit,
+                max_polls=self._max_polls,
+                task_timeout=self._task_timeout,
             )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._abandon)
@@ -370,7 +326,7 @@ class AsyncFlux:
         if images:
             req = await self._with_references(req, images)
         req = self._webhooks.prepare(req)
-        task, slot = await self._submit_with_retries(provider, req)
+        task, slot = await self._submitter.submit(provider, req)
         self._track(scheduler, task, slot)
         return task
 
@@ -397,55 +353,6 @@ class AsyncFlux:
             self._events.ended(task, outcome)
 
         scheduler.add(task, on_terminal=ended, key=key)
-
-    async def _submit_with_retries(self, provider: Provider, req: BaseRequest) -> tuple[Task, Slot]:
-        """Take a slot and submit ``req``; return the task and the (accepted) slot it holds.
-
-        A 429 created nothing: the slot goes back (the limiter's window drops to what the
-        server accepted) and the submit waits for one of our own tasks to end, or for
-        the fallback timer, whichever comes first, then goes again at the head of the
-        queue, within ``rate_limit_timeout``. The slot is released if this raises.
-        """
-        started = self._clock.monotonic()
-        slot = await self._limiter.acquire(req.model)
-        attempt = refusals = 0
-        try:
-            while True:
-                self._check_accepting()
-                try:
-                    task = await provider.submit(req)
-                except RateLimitError as exc:
-                    fallback = self._limiter.rate_limited(
-                        slot, attempt=refusals, retry_after=exc.retry_after
-                    )
-                    refusals += 1
-                    if self._clock.monotonic() - started + fallback > self._rate_limit_timeout:
-                        raise
-                    logger.debug("submit refused with 429; waiting for a slot (%s)", exc)
-                    if slot.released:
-                        slot = await self._limiter.acquire(req.model, fallback=fallback)
-                    else:  # a fixed window: keep the slot and wait the delay out
-                        await self._clock.sleep(fallback)
-                    continue
-                except (ConnectError, ServerError, RequestTimeoutError) as exc:
-                    # Nothing reached the server (no connection, 503 at the door): retry.
-                    if attempt >= self._max_submit_retries:
-                        raise
-                    delay = compute_backoff(attempt, base=1.0, cap=30.0)
-                    logger.info("submit not delivered (%s); retrying in %.1f s", exc, delay)
-                except AmbiguousSubmitError as exc:
-                    if not self._retry_ambiguous or attempt >= self._max_submit_retries:
-                        raise
-                    delay = compute_backoff(attempt, base=1.0, cap=30.0)
-                    logger.warning("submit may have been billed (%s); retrying as asked", exc)
-                else:
-                    slot.accepted()
-                    return task, slot
-                attempt += 1
-                await self._clock.sleep(delay)
-        except BaseException:
-            slot.release()
-            raise
 
     async def wait(self, task: Task) -> TaskResult:
         """Wait until the shared scheduler sees ``task`` end; return its result or raise.
@@ -533,7 +440,7 @@ class AsyncFlux:
             prompt=task.prompt,
             seed=result.seed,
             cost=task.cost,
-            size=path.stat().st_size,
+            size=(await anyio.Path(path).stat()).st_size,
             prompt_used=result.prompt,
         )
 
@@ -561,7 +468,7 @@ class AsyncFlux:
         send, receive = anyio.create_memory_object_stream[Outcome](limit)
         scope = anyio.CancelScope()
         self._tg.start_soon(
-            self._run_many, items, send, scope, limit, model, Path(output_dir), defaults
+            run_many, self._generate, items, send, scope, limit, model, Path(output_dir), defaults
         )
         try:
             async with receive:
@@ -570,48 +477,6 @@ class AsyncFlux:
         finally:
             # The consumer stopped early: stop feeding; submitted tasks keep their slots.
             scope.cancel()
-
-    async def _run_many(
-        self,
-        items: Iterable[Item] | AsyncIterable[Item],
-        send: anyio.abc.ObjectSendStream[Outcome],
-        scope: anyio.CancelScope,
-        limit: int,
-        model: str,
-        output_dir: Path,
-        defaults: Mapping[str, Any],
-    ) -> None:
-        gate = anyio.Semaphore(limit)
-        with scope:
-            async with send, anyio.create_task_group() as tg:
-                index = 0
-                async for item in _aiter(items):
-                    await gate.acquire()
-                    tg.start_soon(self._one, index, item, send, gate, model, output_dir, defaults)
-                    index += 1
-
-    async def _one(
-        self,
-        index: int,
-        item: Item,
-        send: anyio.abc.ObjectSendStream[Outcome],
-        gate: anyio.Semaphore,
-        model: str,
-        output_dir: Path,
-        defaults: Mapping[str, Any],
-    ) -> None:
-        prompt: str | None = None
-        try:
-            request, images = _item_request(item, model, defaults)
-            prompt = getattr(request, "prompt", None)
-            image = await self._generate(request, output_dir, f"{index:05d}", images)
-            outcome = Outcome(index=index, prompt=prompt, image=image, task_id=image.task_id)
-        except FluxError as exc:
-            prompt = prompt or _item_prompt(item)
-            outcome = Outcome(index=index, prompt=prompt, error=exc, task_id=exc.task_id)
-        finally:
-            gate.release()
-        await send.send(outcome)
 
     async def credits(self) -> float:
         """Return the account's credit balance."""
@@ -649,37 +514,3 @@ class AsyncFlux:
         It may be created before the client opens; until then it answers 503.
         """
         return asgi_app(self.handle_webhook, max_body_bytes=self._webhooks.max_body_bytes)
-
-
-def _item_request(
-    item: Item, model: str, defaults: Mapping[str, Any]
-) -> tuple[BaseRequest, Sequence[ReferenceImage] | None]:
-    """Return the item's checked request and its reference images (read at submit time)."""
-    if isinstance(item, BaseRequest):
-        return validate_request(item), None
-    fields = {**defaults} if isinstance(item, str) else {**defaults, **item}
-    images = fields.pop("images", None)
-    item_model = fields.pop("model", model)
-    prompt = item if isinstance(item, str) else fields.pop("prompt", None)
-    fields.update(reference_placeholders(images, model=item_model, fields=fields))
-    return build_request(item_model, prompt, **fields), images
-
-
-def _item_prompt(item: Item) -> str | None:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, Mapping):
-        value = item.get("prompt")
-        return value if isinstance(value, str) else None
-    return getattr(item, "prompt", None)
-
-
-async def _aiter(items: Iterable[Item] | AsyncIterable[Item]) -> AsyncIterator[Item]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
-            # Yield control so a huge synchronous iterable cannot starve the event loop.
-            await anyio.lowlevel.checkpoint()

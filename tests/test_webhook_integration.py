@@ -225,7 +225,7 @@ async def test_a_claim_that_beats_the_submit_reply_is_confirmed_when_the_task_is
         assert scheduler is not None
         # Submit behind the client's back, so the delivery arrives before the task is known.
         request = receiver.prepare(flux.build_request("instant", model=MODEL))
-        task, slot = await flux._submit_with_retries(provider, request)
+        task, slot = await flux._submitter.submit(provider, request)
         headers, body = signed({"id": task.id, "status": "Ready"})
         assert await flux.handle_webhook(headers, body) == (200, {"status": "ignored"})
         flux._track(scheduler, task, slot)

@@ -26,9 +26,56 @@ from .._errors import (
     TransportError,
 )
 
-__all__ = ["Phase", "error_body", "error_for_response", "error_for_transport", "summarize_detail"]
+__all__ = [
+    "USER_AGENT",
+    "Phase",
+    "api_client",
+    "download_client",
+    "error_body",
+    "error_for_response",
+    "error_for_transport",
+    "summarize_detail",
+]
 
 Phase = Literal["submit", "poll", "credits"]
+
+USER_AGENT = "flux-async/0.1"
+
+
+def api_client(
+    transport: httpx.AsyncBaseTransport | None, *, timeout: float, busy: int
+) -> httpx.AsyncClient:
+    """Return the client for API hosts: no default credential, redirects never followed.
+
+    The key goes on each request, never on the client: a client-level header follows every
+    request, to any host. ``busy`` is how many requests can be on the wire at once (submits
+    plus polls): callers queue at the limiter, not in the pool, and keeping that many
+    connections alive spares a TLS handshake per request under load.
+    """
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=False,
+        headers={"user-agent": USER_AGENT},
+        limits=httpx.Limits(max_connections=busy + 32, max_keepalive_connections=busy),
+    )
+
+
+def download_client(
+    transport: httpx.AsyncBaseTransport | None, *, timeout: float
+) -> httpx.AsyncClient:
+    """Return the client for result URLs: it carries no credential at all.
+
+    Result URLs live on delivery hosts that must never see the key, and httpx keeps custom
+    headers across cross-host redirects; with nothing to leak, redirects are safe to follow.
+    """
+    return httpx.AsyncClient(
+        transport=transport,
+        follow_redirects=True,
+        timeout=httpx.Timeout(timeout, read=120.0),
+        headers={"user-agent": USER_AGENT},
+    )
+
 
 _MAX_TEXT = 2000
 

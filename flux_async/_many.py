@@ -1,0 +1,115 @@
+"""``generate_many``'s machinery: bounded workers feeding outcomes into a stream.
+
+The workers run in the client's task group (so nothing outlives the client) under a
+cancel scope the consumer's generator owns: when the consumer stops early, feeding stops;
+tasks already submitted keep their slots until they end on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._errors import FluxError
+from ._models import GeneratedImage, Outcome
+from ._references import ReferenceImage, reference_placeholders
+from ._requests import BaseRequest, build_request, validate_request
+
+__all__ = ["GenerateOne", "Item", "run_many"]
+
+Item = str | Mapping[str, Any] | BaseRequest
+GenerateOne = Callable[
+    [BaseRequest, Path, str | None, Sequence[ReferenceImage] | None], Awaitable[GeneratedImage]
+]
+
+
+async def run_many(
+    generate: GenerateOne,
+    items: Iterable[Item] | AsyncIterable[Item],
+    send: anyio.abc.ObjectSendStream[Outcome],
+    scope: anyio.CancelScope,
+    limit: int,
+    model: str,
+    output_dir: Path,
+    defaults: Mapping[str, Any],
+) -> None:
+    """Run ``generate`` for every item, at most ``limit`` at once, sending each outcome."""
+    gate = anyio.Semaphore(limit)
+    with scope:
+        async with send, anyio.create_task_group() as tg:
+            index = 0
+            async for item in _aiter(items):
+                await gate.acquire()
+                tg.start_soon(_one, generate, index, item, send, gate, model, output_dir, defaults)
+                index += 1
+
+
+async def _one(
+    generate: GenerateOne,
+    index: int,
+    item: Item,
+    send: anyio.abc.ObjectSendStream[Outcome],
+    gate: anyio.Semaphore,
+    model: str,
+    output_dir: Path,
+    defaults: Mapping[str, Any],
+) -> None:
+    prompt: str | None = None
+    try:
+        request, images = item_request(item, model, defaults)
+        prompt = getattr(request, "prompt", None)
+        image = await generate(request, output_dir, f"{index:05d}", images)
+        outcome = Outcome(index=index, prompt=prompt, image=image, task_id=image.task_id)
+    except FluxError as exc:
+        prompt = prompt or item_prompt(item)
+        outcome = Outcome(index=index, prompt=prompt, error=exc, task_id=exc.task_id)
+    finally:
+        gate.release()
+    await send.send(outcome)
+
+
+def item_request(
+    item: Item, model: str, defaults: Mapping[str, Any]
+) -> tuple[BaseRequest, Sequence[ReferenceImage] | None]:
+    """Return the item's checked request and its reference images (read at submit time)."""
+    if isinstance(item, BaseRequest):
+        return validate_request(item), None
+    fields = {**defaults} if isinstance(item, str) else {**defaults, **item}
+    images = fields.pop("images", None)
+    item_model = fields.pop("model", model)
+    prompt = item if isinstance(item, str) else fields.pop("prompt", None)
+    fields.update(reference_placeholders(images, model=item_model, fields=fields))
+    return build_request(item_model, prompt, **fields), images
+
+
+def item_prompt(item: Item) -> str | None:
+    """Return the prompt an item asked for, for reporting a failure that has no request."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Mapping):
+        value = item.get("prompt")
+        return value if isinstance(value, str) else None
+    return getattr(item, "prompt", None)
+
+
+async def _aiter(items: Iterable[Item] | AsyncIterable[Item]) -> AsyncIterator[Item]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+            # Yield control so a huge synchronous iterable cannot starve the event loop.
+            await anyio.lowlevel.checkpoint()

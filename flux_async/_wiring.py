@@ -1,0 +1,63 @@
+"""Build the parts an open client runs on: HTTP clients, provider, downloader, scheduler.
+
+``AsyncFlux.__aenter__`` calls :func:`open_parts` with its exit stack, so everything opened
+here is closed, in reverse order, when the client closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import httpx
+
+from ._clock import Clock
+from ._download import Downloader
+from ._events import EventEmitter
+from ._policy import PollPolicy
+from ._providers import ApiKey, Provider, ProviderPreset, make_provider
+from ._providers._http import api_client, download_client
+from ._scheduler import PollFn, Scheduler
+
+__all__ = ["open_parts"]
+
+
+async def open_parts(
+    stack: contextlib.AsyncExitStack,
+    preset: ProviderPreset,
+    *,
+    key: ApiKey,
+    clock: Clock,
+    base_url: str | None,
+    transport: httpx.AsyncBaseTransport | None,
+    http_timeout: float,
+    max_downloads: int,
+    policy: PollPolicy,
+    events: EventEmitter,
+    max_active: int,
+    max_polls: int,
+    task_timeout: float,
+) -> tuple[Provider, Downloader, Scheduler, PollFn]:
+    """Open both HTTP clients on ``stack`` and build the parts over them.
+
+    Two clients on purpose: the API client never carries the key by default and never
+    follows redirects; the download client carries no credential at all. At most
+    ``max_active`` submits and ``max_polls`` polls are on the wire at once.
+    """
+    busy = max_active + max_polls
+    api_http = await stack.enter_async_context(
+        api_client(transport, timeout=http_timeout, busy=busy)
+    )
+    download_http = await stack.enter_async_context(
+        download_client(transport, timeout=http_timeout)
+    )
+    provider = make_provider(preset, api_http, key=key, clock=clock, base_url=base_url)
+    downloader = Downloader(download_http, clock=clock, max_concurrent=max_downloads)
+    poll = events.observe_poll(provider.poll)
+    scheduler = Scheduler(
+        poll,
+        clock=clock,
+        policy=policy,
+        max_concurrent_polls=max_polls,
+        task_timeout=task_timeout,
+    )
+    return provider, downloader, scheduler, poll
