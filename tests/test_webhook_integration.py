@@ -312,7 +312,9 @@ async def test_webhooks_over_loopback_with_real_http(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         hook_url = f"http://127.0.0.1:{sock.getsockname()[1]}/webhooks/flux"
         async with serve(sim) as base_url:
-            flux = client(sim, base_url, webhook_url=hook_url)
+            # A fallback far beyond the test's length: on a loaded machine a real-HTTP
+            # delivery can take longer than 30 simulated seconds (0.3 s real at 100x).
+            flux = client(sim, base_url, webhook_url=hook_url, webhook_fallback=3000.0)
             async with serve_app(flux.webhook_app(), sock), flux, sim.webhooks.running():
                 ids = await generate_all(flux, 10, tmp_path)
                 assert flux.statistics().scheduler.polls == 0
