@@ -19,7 +19,6 @@ never held whole next to its base64 text, and no request is made.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ import anyio.lowlevel
 import httpx
 
 from ._atomic_write import write_atomically
+from ._backoff import compute_backoff
 from ._clock import Clock
 from ._data_urls import data_url_header, decoded_chunks, is_data_url, shown_data_url
 from ._edf import DeadlineGate
@@ -328,8 +328,7 @@ class Downloader:
 
     def _backoff(self, attempt: int, exc: BaseException) -> float:
         """Return seconds to wait before attempt ``attempt + 1``: capped, full jitter."""
-        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
-        delay = random.uniform(0.0, ceiling)
+        delay = compute_backoff(attempt - 1, base=self._backoff_base, cap=self._backoff_cap)
         if isinstance(exc, _StatusError) and exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         return delay
