@@ -8,6 +8,7 @@ async with AsyncFlux() as flux:
 
 from __future__ import annotations
 
+from ._batch import BatchChangedError, BatchInputError, BatchSummary, run_batch
 from ._catalog import MODELS, ModelSpec, get_model
 from ._client import AsyncFlux, ClientStatistics
 from ._clock import Clock, ManualClock, ScaledClock, SystemClock
@@ -76,6 +77,9 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BaseRequest",
+    "BatchChangedError",
+    "BatchInputError",
+    "BatchSummary",
     "ClientClosedError",
     "ClientStatistics",
     "Clock",
@@ -132,6 +136,7 @@ __all__ = [
     "build_request",
     "get_model",
     "new_webhook_secret",
+    "run_batch",
     "sign_body",
     "validate_request",
 ]

@@ -1,6 +1,7 @@
 """The ``flux-async`` command line: thin, over the public API.
 
-Exit status: 0 success, 1 a generation failed, 2 bad usage or input, 130 interrupted.
+Exit status: 0 success, 1 a generation failed (for ``batch``: some item failed or was left
+pending), 2 bad usage or input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -82,11 +83,65 @@ def build_parser() -> argparse.ArgumentParser:
     _add_request_options(gen)
     _add_connection_options(gen)
 
+    bat = sub.add_parser(
+        "batch",
+        help="generate an image for every prompt of a file; re-run the same command to resume",
+        description="Generate an image for every item of PROMPTS (.txt, .jsonl or .csv) into "
+        "--out. Request options are defaults: an item's own fields win. Re-running the same "
+        "command on the same --out resumes: saved items are skipped, recorded tasks are "
+        "polled again, never paid for twice.",
+    )
+    bat.add_argument("prompts", help="prompt file: .txt (a prompt a line), .jsonl or .csv")
+    bat.add_argument("--out", required=True, help="output folder (holds the images and ledger)")
+    bat.add_argument(
+        "--concurrency", type=_positive_int, help="items in progress at once (default 2x24)"
+    )
+    bat.add_argument(
+        "--max-cost",
+        type=_credits,
+        metavar="CREDITS",
+        help="stop submitting before the folder's spend could exceed this (1 credit = $0.01)",
+    )
+    bat.add_argument("--no-progress", action="store_true", help="no live progress display")
+    bat.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    bat.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="record invalid items as failed and run the rest (default: stop before any submit)",
+    )
+    bat.add_argument("--retry-failed", action="store_true", help="run failed items again")
+    bat.add_argument(
+        "--retry-ambiguous",
+        action="store_true",
+        help="run possibly billed items again (may pay twice); also retries ambiguous submits",
+    )
+    bat.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="let a changed input or changed options win over what the folder recorded",
+    )
+    _add_request_options(bat)
+    _add_connection_options(bat)
+
     sim = sub.add_parser("simulate", help="serve the simulator on loopback")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
     sim.add_argument("--speed", type=float, default=1.0, help="time scale (1 = real time)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _credits(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError("must be a number of credits >= 0")
+    return value
 
 
 def request_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "batch":
+        from ._batch_cli import run_batch_command
+
+        return run_batch_command(args, open_client=open_client, fields=request_fields(args))
     runner = {"generate": _generate, "simulate": _simulate}[args.command]
     try:
         return anyio.run(runner, args)

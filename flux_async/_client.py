@@ -186,6 +186,11 @@ class AsyncFlux:
     def provider_name(self) -> str:
         return self._preset.name
 
+    @property
+    def clock(self) -> Clock:
+        """The clock this client reads and sleeps on (share it with a simulator in tests)."""
+        return self._clock
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:

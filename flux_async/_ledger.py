@@ -18,7 +18,8 @@ on the next write), or at :meth:`Ledger.flush` / :meth:`Ledger.aclose`.
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives the process being
 killed (SIGKILL included) though not necessarily a power cut. Every call runs off the
 event loop on one worker thread at a time (a dedicated ``CapacityLimiter(1)``); the
-critical writes are shielded from cancellation so Ctrl-C cannot drop a task id.
+critical writes are shielded from cancellation so Ctrl-C cannot drop a task id. The read
+queries live in ``_ledger_reads``.
 
 The ledger never stores an API key: the run configuration is scrubbed of key-like
 entries before it is written.
@@ -29,16 +30,16 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal
 
 import anyio
 
 from ._clock import Clock, SystemClock
+from ._ledger_reads import LedgerReads
 from ._ledger_schema import (
-    COLUMNS,
     LEDGER_NAME,
     RESET,
     AddReport,
@@ -65,10 +66,8 @@ INTERRUPTED_SUBMIT = (
     "the run stopped while this item was being submitted: a task may have been created and billed"
 )
 
-_T = TypeVar("_T")
 
-
-class Ledger:
+class Ledger(LedgerReads):
     """The SQLite ledger of one output folder. Create it with :meth:`open`."""
 
     def __init__(
@@ -83,16 +82,14 @@ class Ledger:
         commit_every: int,
         commit_interval: float,
     ) -> None:
+        super().__init__(directory / LEDGER_NAME, conn)
         self.directory = directory
-        self.path = directory / LEDGER_NAME
         self.run_config = run_config
-        self._conn: sqlite3.Connection | None = conn
         self._lock_fd = lock_fd
         self._previous = previous_config
         self._clock = clock
         self._commit_every = commit_every
         self._commit_interval = commit_interval
-        self._limiter = anyio.CapacityLimiter(1)
         # Touched only inside the worker thread, which the limiter serialises.
         self._in_tx = False
         self._uncommitted = 0
@@ -166,6 +163,23 @@ class Ledger:
 
         await self._run(work, shield=True)
 
+    async def set_meta(self, key: str, value: str | None) -> None:
+        """Store ``value`` under ``key`` for later runs (None deletes it). Durable.
+
+        For the batch runner's own notes; ``run_config`` is kept by the methods above.
+        """
+        if key == "run_config":
+            raise ValueError("the run configuration is stored by record_run_config")
+
+        def work(conn: sqlite3.Connection) -> None:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            self._commit(conn)
+
+        await self._run(work, shield=True)
+
     async def aclose(self) -> None:
         """Commit what is pending, close the database and release the folder. Idempotent."""
 
@@ -185,50 +199,73 @@ class Ledger:
         await self._run(self._commit, shield=True)
 
     async def add_items(
-        self, items: Iterable[tuple[int, str, str | None, str, str | None]], *, chunk: int = 500
+        self,
+        items: Iterable[tuple[int, str, str | None, str, str | None]],
+        *,
+        chunk: int = 500,
+        replace_changed: Literal["none", "unstarted", "all"] = "none",
     ) -> AddReport:
         """Insert ``(index, fingerprint, prompt, model, name)`` rows as pending where absent.
 
-        Idempotent: a known index is left untouched and counted as existing, or as
-        changed when its fingerprint differs. ``items`` is consumed ``chunk`` rows at a
-        time in the worker thread (a generator reading a file runs off the loop too),
-        each chunk committed at once.
+        Idempotent: a known index is counted as existing, or as changed when its
+        fingerprint differs. A changed item is left as it was (``"none"``), or given its
+        new input and started over as :meth:`replace` does: only when nothing was paid
+        for it yet, pending or failed unbilled (``"unstarted"``), or always (``"all"``).
+        ``items`` is consumed ``chunk`` rows at a time in the worker thread (a generator
+        reading a file runs off the loop too), each chunk committed at once.
         """
         iterator = iter(items)
-        added = existing = changed = 0
-        first_changed: list[int] = []
+        added = existing = changed = replaced = 0
+        first_kept: list[int] = []
 
         def work(conn: sqlite3.Connection) -> bool:
-            nonlocal added, existing, changed
+            nonlocal added, existing, changed, replaced
             rows = [next(iterator, None) for _ in range(chunk)]
             batch = [r for r in rows if r is not None]
             if not batch:
                 return False
             marks = ",".join("?" * len(batch))
-            sql = f"SELECT idx, fingerprint FROM items WHERE idx IN ({marks})"  # noqa: S608
-            known = dict(conn.execute(sql, [r[0] for r in batch]).fetchall())
+            sql = (
+                "SELECT idx, fingerprint, state = 'pending' OR (state = 'failed' AND "  # noqa: S608
+                f"may_be_billed = 0) FROM items WHERE idx IN ({marks})"
+            )
+            known = {
+                i: (fp, bool(fresh)) for i, fp, fresh in conn.execute(sql, [r[0] for r in batch])
+            }
             now = self._clock.time()
             fresh = [(*r, ItemState.PENDING.value, now) for r in batch if r[0] not in known]
+            renewed = []
+            for row in batch:
+                if row[0] not in known:
+                    continue
+                existing += 1
+                old, unstarted = known[row[0]]
+                if old == row[1]:
+                    continue
+                changed += 1
+                if replace_changed == "all" or (replace_changed == "unstarted" and unstarted):
+                    renewed.append((*row[1:], now, row[0]))
+                elif len(first_kept) < 20:
+                    first_kept.append(row[0])
             self._begin(conn)
             cursor = conn.executemany(
                 "INSERT OR IGNORE INTO items (idx, fingerprint, prompt, model, name, state, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 fresh,
             )
-            self._commit(conn)
             added += max(cursor.rowcount, 0)
-            for index, fingerprint, *_ in batch:
-                if index in known:
-                    existing += 1
-                    if known[index] != fingerprint:
-                        changed += 1
-                        if len(first_changed) < 20:
-                            first_changed.append(index)
+            conn.executemany(
+                "UPDATE items SET fingerprint = ?, prompt = ?, model = ?, name = ?, "  # noqa: S608
+                f"{RESET}, updated_at = ? WHERE idx = ?",
+                renewed,
+            )
+            replaced += len(renewed)
+            self._commit(conn)
             return len(batch) == chunk
 
         while await self._run(work, shield=True):
             pass
-        return AddReport(added, existing, changed, tuple(first_changed))
+        return AddReport(added, existing, changed, tuple(first_kept), replaced)
 
     async def replace(
         self, index: int, *, fingerprint: str, prompt: str | None, model: str, name: str | None
@@ -241,15 +278,14 @@ class Ledger:
             critical=True,
         )
 
-    async def get(self, index: int) -> LedgerItem | None:
-        """Return item ``index``'s row, or None when there is none."""
+    async def remove_from(self, index: int) -> int:
+        """Delete every item with an index of ``index`` or more (an input that shrank). Durable."""
 
-        def work(conn: sqlite3.Connection) -> LedgerItem | None:
-            sql = f"SELECT {COLUMNS} FROM items WHERE idx = ?"  # noqa: S608
-            row = conn.execute(sql, (index,)).fetchone()
-            return None if row is None else LedgerItem.from_row(row)
+        def work(conn: sqlite3.Connection) -> int:
+            self._commit(conn)
+            return conn.execute("DELETE FROM items WHERE idx >= ?", (index,)).rowcount
 
-        return await self._run(work)
+        return await self._run(work, shield=True)
 
     async def mark_submitting(self, index: int) -> None:
         """Record, durably and before the HTTP submit, that item ``index`` is being submitted."""
@@ -291,12 +327,33 @@ class Ledger:
 
     async def mark_failed(self, index: int, *, reason: str, may_be_billed: bool) -> None:
         """Record why item ``index`` failed and whether it may have cost credits. Durable."""
+        # A task that ended unbilled (moderated) cost nothing, whatever its submit quoted.
         await self._update(
             index,
-            "state = 'failed', error = ?, may_be_billed = ?",
-            (reason, int(may_be_billed)),
+            "state = 'failed', error = ?, may_be_billed = ?, "
+            "cost = CASE WHEN ? = 0 AND cost IS NOT NULL THEN 0 ELSE cost END",
+            (reason, int(may_be_billed), int(may_be_billed)),
             critical=True,
         )
+
+    async def mark_invalid(self, reasons: Iterable[tuple[int, str]]) -> int:
+        """Fail pending items whose input breaks a rule, as not billed; return how many. Durable.
+
+        ``reasons`` holds ``(index, reason)`` pairs; items not pending are left alone.
+        """
+        params = [(reason, self._clock.time(), index) for index, reason in reasons]
+
+        def work(conn: sqlite3.Connection) -> int:
+            self._begin(conn)
+            cursor = conn.executemany(
+                "UPDATE items SET state = 'failed', error = ?, may_be_billed = 0, updated_at = ? "
+                "WHERE idx = ? AND state = 'pending'",
+                params,
+            )
+            self._commit(conn)
+            return cursor.rowcount
+
+        return await self._run(work, shield=True) if params else 0
 
     async def mark_interrupted_submits(self) -> int:
         """Fail every item left in ``submitting`` as possibly billed; return how many.
@@ -328,53 +385,6 @@ class Ledger:
         if not ambiguous:
             where = f"state = 'failed' AND NOT ({where})"
         return await self._update_where(RESET, where, ())
-
-    async def iter_items(
-        self, states: Collection[ItemState] | None = None, *, batch: int = 500
-    ) -> AsyncIterator[LedgerItem]:
-        """Yield items (only those in ``states`` if given) in index order, ``batch`` per query.
-
-        Pages are fetched by index, so memory stays constant and rows updated while the
-        iteration runs are seen in their newest state when their page is read.
-        """
-        wanted = [ItemState(s).value for s in states] if states is not None else []
-        if states is not None and not wanted:
-            return
-        filt = f" AND state IN ({','.join('?' * len(wanted))})" if wanted else ""
-        sql = f"SELECT {COLUMNS} FROM items WHERE idx > ?{filt} ORDER BY idx LIMIT ?"  # noqa: S608
-        after = -1
-
-        def page(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(sql, (after, *wanted, batch)).fetchall()
-
-        while True:
-            rows = await self._run(page)
-            for row in rows:
-                yield LedgerItem.from_row(row)
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    async def counts(self) -> dict[ItemState, int]:
-        """Return how many items are in each state (every state present, zero included)."""
-
-        def work(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-            return conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()
-
-        found = {ItemState(state): n for state, n in await self._run(work)}
-        return {state: found.get(state, 0) for state in ItemState}
-
-    async def spent(self) -> float:
-        """Return the credits spent: the cost of every task id recorded, earlier attempts too."""
-
-        def work(conn: sqlite3.Connection) -> float:
-            row = conn.execute(
-                "SELECT COALESCE(SUM(prior_cost), 0) + "
-                "COALESCE(SUM(CASE WHEN task_id IS NOT NULL THEN cost END), 0) FROM items"
-            ).fetchone()
-            return float(row[0])
-
-        return await self._run(work)
 
     async def _update(
         self, index: int, assignments: str, params: tuple[Any, ...], *, critical: bool = False
@@ -419,18 +429,3 @@ class Ledger:
             conn.execute("COMMIT")
             self._in_tx = False
             self._uncommitted = 0
-
-    async def _run(self, work: Callable[[sqlite3.Connection], _T], *, shield: bool = False) -> _T:
-        """Run ``work(conn)`` on the ledger's worker thread; shielded when it must not be lost."""
-
-        def call() -> _T:
-            conn = self._conn
-            if conn is None:
-                raise LedgerError(f"the ledger {self.path} is closed")
-            return work(conn)
-
-        if self._conn is None:
-            raise LedgerError(f"the ledger {self.path} is closed")
-        with anyio.CancelScope(shield=shield):
-            result = await anyio.to_thread.run_sync(call, limiter=self._limiter)
-        return result  # noqa: RET504 - outside the with: mypy cannot see a scope never swallows

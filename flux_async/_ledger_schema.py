@@ -44,6 +44,7 @@ CREATE TABLE items (
     prior_cost REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX items_by_state ON items (state, idx);
+CREATE INDEX items_by_name ON items (name COLLATE NOCASE) WHERE name IS NOT NULL;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 COLUMNS = (
@@ -120,14 +121,16 @@ class LedgerItem:
 class AddReport:
     """What ``Ledger.add_items`` found: new rows, known rows, and known rows that changed.
 
-    ``changed_indices`` lists the first few changed items (at most 20) for a message.
-    A changed item is left as it was: the caller decides (``Ledger.replace`` or refuse).
+    ``replaced`` counts the changed items that were given their new input;
+    ``changed_indices`` lists the first few (at most 20) changed items left as they were,
+    for a message: the caller decides about those (``Ledger.replace`` or refuse).
     """
 
     added: int = 0
     existing: int = 0
     changed: int = 0
     changed_indices: tuple[int, ...] = ()
+    replaced: int = 0
 
 
 def connect(

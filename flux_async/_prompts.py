@@ -323,10 +323,25 @@ def merged_fields(item: PromptItem, defaults: Mapping[str, Any]) -> dict[str, An
 
     None means "not given" on both sides, so an item can cancel a default with ``null``.
     ``prompt``, ``name``, ``model`` and ``images`` are never fields, even in defaults.
+    An item that names its own model gets only the defaults that model accepts (a
+    ``--width`` meant for FLUX.2 does not break a Kontext item); an item of the default
+    model gets them all, so a default its model refuses is reported, not dropped.
     """
     merged = {k: v for k, v in defaults.items() if k not in _ITEM_KEYS}
+    if item.model is not None:
+        accepted = _accepted_fields(item.model)
+        if accepted is not None:
+            merged = {k: v for k, v in merged.items() if k in accepted}
     merged.update(item.fields)
     return {k: v for k, v in merged.items() if v is not None}
+
+
+def _accepted_fields(model: str) -> frozenset[str] | None:
+    catalog = importlib.import_module("flux_async._catalog")
+    try:
+        return frozenset(catalog.get_model(model).accepted_fields)
+    except ConfigurationError:
+        return None  # an unknown model: the request builder reports it
 
 
 def reference_image_fields(model: str, images: Sequence[str]) -> dict[str, Any]:
@@ -402,7 +417,12 @@ def input_fingerprint(item: PromptItem, defaults: Mapping[str, Any], model: str)
         "name": item.name,
         "images": list(item.images),
     }
-    text = json.dumps(
-        request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    )
+    text = _CANONICAL_JSON.encode(request)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# One encoder for every fingerprint: json.dumps with options builds a new one per call,
+# which is most of the cost of fingerprinting a million-line file.
+_CANONICAL_JSON = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)

@@ -12,7 +12,7 @@ import html
 import json
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path, PurePath
 from types import TracebackType
@@ -197,6 +197,7 @@ class _AtomicText:
 
     def __init__(self, target: Path) -> None:
         self._target = target
+        self._temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
         self._fh: IO[str] | None = None
         self._buffer: list[str] = []
         self._buffered = 0
@@ -204,15 +205,10 @@ class _AtomicText:
     async def __aenter__(self) -> _AtomicText:
         def create() -> IO[str]:
             self._target.parent.mkdir(parents=True, exist_ok=True)
-            return tempfile.NamedTemporaryFile(
-                mode="w",
-                encoding="utf-8",
-                newline="\n",
-                dir=self._target.parent,
-                prefix=f".{self._target.name}.",
-                suffix=".tmp",
-                delete=False,
-            )
+            # 0o666 under the umask, like any file the user makes: a temp file's 0o600
+            # would otherwise stick to the report once it is renamed into place.
+            fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            return open(fd, "w", encoding="utf-8", newline="\n")
 
         self._fh = await anyio.to_thread.run_sync(create)
         return self
@@ -255,12 +251,11 @@ class _AtomicText:
             self._discard(fh)
             raise
         fh.close()
-        os.replace(fh.name, self._target)
+        os.replace(self._temp, self._target)
 
-    @staticmethod
-    def _discard(fh: IO[str]) -> None:
+    def _discard(self, fh: IO[str]) -> None:
         fh.close()
-        Path(fh.name).unlink(missing_ok=True)
+        self._temp.unlink(missing_ok=True)
 
 
 _PAGE_HEAD = """<!doctype html>

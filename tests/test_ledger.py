@@ -396,3 +396,76 @@ async def test_reset_failed_picks_exactly_the_ambiguous_items(tmp_path: Path) ->
         await ledger.reset_failed(ambiguous=True)
         reset = {i.index async for i in ledger.iter_items({ItemState.PENDING})} - {3}
     assert ambiguous == reset == {0}
+
+
+async def test_add_items_replaces_changed_inputs_only_as_asked(tmp_path: Path) -> None:
+    async with await Ledger.open(tmp_path, run_config=CONFIG) as ledger:
+        await ledger.add_items(rows(4))
+        await ledger.mark_submitted(1, task_id="t1", polling_url=None, cost=2.0)
+        await ledger.mark_failed(2, reason="invalid", may_be_billed=False)
+        edited = [(i, f"new{i}", f"edited {i}", "flux-dev", None) for i in range(4)]
+        kept = await ledger.add_items(edited, replace_changed="unstarted")
+        assert (kept.changed, kept.replaced, kept.changed_indices) == (4, 3, (1,))
+        assert {i.index: i.fingerprint async for i in ledger.iter_items()} == {
+            0: "new0",
+            1: "fp1",
+            2: "new2",
+            3: "new3",
+        }
+        forced = await ledger.add_items(edited, replace_changed="all")
+        assert (forced.changed, forced.replaced) == (1, 1)
+        item = await ledger.get(1)
+        assert item is not None
+        assert (item.state, item.task_id, item.prompt) == (ItemState.PENDING, None, "edited 1")
+        assert await ledger.spent() == 2.0  # the abandoned task's cost still counts
+
+
+async def test_batch_queries_fingerprints_names_and_ranges(tmp_path: Path) -> None:
+    async with await Ledger.open(tmp_path, run_config=CONFIG) as ledger:
+        await ledger.add_items(
+            [(0, "a", "p", "m", "Fox"), (1, "b", "p", "m", None), (2, "c", "p", "m", "fox")]
+            + [(i, f"x{i}", "p", "m", None) for i in range(3, 6)]
+        )
+        assert await ledger.fingerprints([0, 2, 9]) == {0: "a", 2: "c"}
+        assert await ledger.fingerprints([]) == {}
+        assert await ledger.first_index_named("fox") == 0  # ASCII case ignored
+        assert await ledger.first_index_named("owl") is None
+        assert await ledger.count_from(4) == 2
+        assert await ledger.remove_from(4) == 2
+        assert await ledger.count_from(0) == 4
+
+
+async def test_mark_invalid_fails_only_pending_items_unbilled(tmp_path: Path) -> None:
+    async with await Ledger.open(tmp_path, run_config=CONFIG) as ledger:
+        await ledger.add_items(rows(3))
+        await ledger.mark_submitted(1, task_id="t1", polling_url=None, cost=1.0)
+        assert await ledger.mark_invalid([(0, "width: too wide"), (1, "x")]) == 1
+        assert await ledger.mark_invalid([]) == 0
+        first, second = await ledger.get(0), await ledger.get(1)
+        assert first is not None
+        assert second is not None
+        assert (first.state, first.error, first.may_be_billed) == (
+            ItemState.FAILED,
+            "width: too wide",
+            False,
+        )
+        assert second.state is ItemState.SUBMITTED
+    assert committed(tmp_path)[0] == "failed"
+
+
+async def test_unbilled_failures_cost_nothing_and_ambiguous_ones_are_counted(
+    tmp_path: Path,
+) -> None:
+    async with await Ledger.open(tmp_path, run_config=CONFIG) as ledger:
+        await ledger.add_items(rows(3))
+        await ledger.mark_submitted(0, task_id="t0", polling_url=None, cost=3.0)
+        await ledger.mark_failed(0, reason="Content Moderated", may_be_billed=False)
+        await ledger.mark_submitting(1)
+        await ledger.mark_failed(1, reason="HTTP 500", may_be_billed=True)
+        await ledger.mark_submitted(2, task_id="t2", polling_url=None, cost=3.0)
+        await ledger.mark_failed(2, reason="Error", may_be_billed=True)
+        moderated = await ledger.get(0)
+        assert moderated is not None
+        assert moderated.cost == 0
+        assert await ledger.spent() == 3.0
+        assert await ledger.ambiguous_count() == 1

@@ -16,6 +16,7 @@ from flux_async._prompts import (
     aiter_prompt_file,
     input_fingerprint,
     iter_prompt_file,
+    merged_fields,
     output_stem,
     reference_image_fields,
     validate_item,
@@ -404,3 +405,15 @@ def test_output_stem_never_leaves_the_folder(text: str, tmp_path: Path) -> None:
 def test_output_stem_rejects_nonsense_arguments() -> None:
     with pytest.raises(ValueError, match="index"):
         output_stem(-1, "fox", None, digits=5)
+
+
+def test_defaults_an_items_own_model_refuses_are_left_out() -> None:
+    defaults = {"width": 512, "height": 512, "seed": 3}
+    kontext = PromptItem(index=0, line=1, prompt="fox", model="flux-kontext-pro")
+    assert merged_fields(kontext, defaults) == {"seed": 3}
+    own = PromptItem(index=1, line=2, prompt="fox", model="flux-kontext-pro", fields={"width": 9})
+    assert merged_fields(own, defaults) == {"seed": 3, "width": 9}  # the item's word stands
+    plain = PromptItem(index=2, line=3, prompt="fox")
+    assert merged_fields(plain, defaults) == defaults  # the default model: reported, not dropped
+    unknown = PromptItem(index=3, line=4, prompt="fox", model="flux-9")
+    assert merged_fields(unknown, defaults) == defaults

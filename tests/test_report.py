@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
@@ -107,7 +108,7 @@ async def test_contact_sheet_lists_every_item_escaped_with_relative_thumbnails(
     assert "2 failed" in page
     assert "2 pending" in page
     assert "6 items" in page
-    assert "5.5 credits spent" in page
+    assert "4.5 credits spent" in page  # the moderated task (1.0) was not billed
     assert temp_files(tmp_path) == []
 
 
@@ -172,3 +173,13 @@ async def test_reports_stream_large_ledgers_in_order(tmp_path: Path) -> None:
     assert "1 ok" in page
     assert f"{n - 1} pending" in page
     assert "0.1 credits spent" in page
+
+
+async def test_reports_get_ordinary_file_permissions(tmp_path: Path) -> None:
+    async with await filled_ledger(tmp_path) as ledger:
+        results = await write_results_jsonl(ledger, tmp_path)
+        sheet = await write_contact_sheet(ledger, tmp_path, title="t")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (results, sheet):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
