@@ -16,6 +16,7 @@ exactly once, to a :class:`TaskResult` or a :class:`FluxError`, and calls its
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -110,6 +111,9 @@ class Scheduler:
         error_backoff_cap: cap of the backoff after a failed poll request, in seconds.
         budget: the poll-rate budget (default: one poll per pending task per second,
             bursts up to twice that).
+        result_retention: seconds a finished outcome is kept for a later ``wait`` before
+            it is dropped (its result URL has expired by then anyway), so a long-lived
+            client's memory does not grow with every task it ever ran.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class Scheduler:
         unknown_status_tolerance: float = 60.0,
         error_backoff_cap: float = 10.0,
         budget: RateBudget | None = None,
+        result_retention: float = 900.0,
     ) -> None:
         if max_concurrent_polls < 1:
             raise ValueError("max_concurrent_polls must be >= 1")
@@ -149,6 +154,8 @@ class Scheduler:
         self._throttled = 0
         self._running = False
         self._slot_free = anyio.Event()
+        self._retention = result_retention
+        self._finished: collections.deque[tuple[float, str]] = collections.deque()
 
     # -- registration -------------------------------------------------------------------
 
@@ -163,6 +170,7 @@ class Scheduler:
         if task.id in self._entries:
             return
         now = self._clock.monotonic()
+        self._prune(now)
         submitted = task.submitted_at if task.submitted_at else now
         state = PollState(key=key or f"{task.provider}:{task.model}", submitted_at=submitted)
         entry = _Entry(
@@ -203,6 +211,12 @@ class Scheduler:
         entry = self._entries.get(task_id)
         if entry is not None and entry.outcome is not None:
             del self._entries[task_id]
+
+    def _prune(self, now: float) -> None:
+        # Outcomes nobody collected within the retention are dropped, oldest first.
+        while self._finished and self._finished[0][0] + self._retention <= now:
+            _, task_id = self._finished.popleft()
+            self.forget(task_id)
 
     def abandon_all(self, reason: FluxError) -> None:
         """Resolve every pending entry with ``reason`` (used when the client closes)."""
@@ -379,6 +393,9 @@ class Scheduler:
         if entry.outcome is None:
             self._resolved += 1
             self._pending -= 1
+            now = self._clock.monotonic()
+            self._finished.append((now, entry.task.id))
+            self._prune(now)
         if isinstance(outcome, (TaskError, AuthenticationError, BadRequestError)):
             logger.info("task %s ended: %s", entry.task.id, outcome)
         entry.resolve(outcome)

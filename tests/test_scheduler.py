@@ -504,3 +504,26 @@ async def test_the_policy_records_each_reading_itself(
     assert censored_at == pytest.approx(3.0)
     assert isinstance(state, PollState)
     assert state.polls == 3
+
+
+async def test_uncollected_outcomes_are_dropped_after_the_retention(
+    clock: ManualClock, server: FakeServer
+) -> None:
+    sched = Scheduler(
+        server.poll, clock=clock, policy=FixedIntervalPolicy(1.0), result_retention=100.0
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        for i in range(5):
+            sched.add(server.task(f"old{i}", done_after(0.0, f"old{i}")))
+        await drive(clock, lambda: sched.statistics().pending == 0)
+        assert all(sched.is_registered(f"old{i}") for i in range(5))
+        clock.advance(150.0)
+        fresh = server.task("fresh", done_after(0.0, "fresh"))
+        sched.add(fresh)  # any later activity prunes what nobody collected
+        assert not any(sched.is_registered(f"old{i}") for i in range(5))
+        box: list[object] = []
+        tg.start_soon(_append, box, outcome_of(sched, fresh))
+        await drive(clock, lambda: bool(box))
+        assert isinstance(box[0], TaskResult)
+        tg.cancel_scope.cancel()
