@@ -34,7 +34,6 @@ from ._clock import Clock
 from ._download import extension_for, result_deadline
 from ._errors import (
     AuthenticationError,
-    DownloadError,
     FluxError,
     InsufficientCreditsError,
     ModerationError,
@@ -398,7 +397,9 @@ class BatchRunner:
     async def _save(self, item: LedgerItem, result: TaskResult) -> None:
         self._progress.saving += 1
         try:
-            deadline = result_deadline(result.sample_url, end_time=result.end_time, now=time.time())
+            deadline = result_deadline(
+                result.sample_url, end_time=result.end_time, now=self._clock.time()
+            )
             await self._ledger.mark_ready(
                 item.index, sample_url=result.sample_url, deadline=deadline
             )
@@ -407,20 +408,14 @@ class BatchRunner:
                 # The downloader adds an extension only to a name without a suffix.
                 stem += extension_for(result.task.output_format, None)
             try:
-                path = await self._flux.save(result, self._out / stem)
+                saved = await self._flux._save_file(result, self._out / stem)
             except FluxError as exc:
                 await self._fail(item, exc, billed=True)
                 return
-            # AsyncFlux.save returns only the path: hash the file again, off the loop.
-            try:
-                digest = await anyio.to_thread.run_sync(_sha256_file, path)
-            except OSError as exc:  # removed or unreadable the moment it was saved
-                await self._fail(item, DownloadError(f"cannot read {path}: {exc}"), billed=True)
-                return
             await self._ledger.mark_saved(
                 item.index,
-                path=path.relative_to(self._out).as_posix(),
-                sha256=digest,
+                path=saved.path.relative_to(self._out).as_posix(),
+                sha256=saved.sha256,  # hashed while streaming: the file is not read again
                 seed=result.seed,
                 prompt_used=result.prompt,
             )

@@ -28,7 +28,7 @@ import httpx
 
 from ._catalog import DEFAULT_ACTIVE_LIMIT
 from ._clock import Clock, SystemClock
-from ._download import Downloader, result_deadline
+from ._download import Downloader, SavedFile, result_deadline
 from ._errors import ClientClosedError, DownloadError, FluxError
 from ._events import EventEmitter, EventHook
 from ._hazard import default_policy
@@ -376,6 +376,10 @@ class AsyncFlux:
         The extension comes from the output format or the content type when ``path`` has
         none. Bytes go to a temp file renamed into place only when complete.
         """
+        return (await self._save_file(result, path)).path
+
+    async def _save_file(self, result: TaskResult, path: str | Path) -> SavedFile:
+        """Save as :meth:`save` does; return the size and SHA-256 hashed while streaming."""
         _, _, downloader = self._require_open()
         dest = Path(path)
         if await anyio.Path(dest).is_dir():
@@ -397,7 +401,7 @@ class AsyncFlux:
             raise
         orphan = self._orphans.is_adopted(result.task.id)
         self._events.saved(result.task, saved.path, saved.size, orphan=orphan)
-        return saved.path
+        return saved
 
     async def _fresh_url(self, result: TaskResult) -> str | None:
         provider, _, _ = self._require_open()
@@ -437,15 +441,15 @@ class AsyncFlux:
         # Paid from here on: if this caller is cancelled, the orphan keeper takes over.
         with self._orphans.guard(task, dest) as guard:
             result = guard.result = await self.wait(task)
-            path = await self.save(result, dest)
+            saved = await self._save_file(result, dest)
         return GeneratedImage(
-            path=path,
+            path=saved.path,
             task_id=task.id,
             model=task.model,
             prompt=task.prompt,
             seed=result.seed,
             cost=task.cost,
-            size=(await anyio.Path(path).stat()).st_size,
+            size=saved.size,
             prompt_used=result.prompt,
         )
 
