@@ -26,10 +26,11 @@ import anyio
 import anyio.abc
 import httpx
 
+from ._bounded import DEFAULT_MAX_IMAGE_BYTES
 from ._catalog import DEFAULT_ACTIVE_LIMIT
 from ._clock import Clock, SystemClock
 from ._download import Downloader, SavedFile, result_deadline
-from ._errors import ClientClosedError, DownloadError, FluxError
+from ._errors import ClientClosedError, ConfigurationError, DownloadError, FluxError
 from ._events import EventEmitter, EventHook
 from ._hazard import default_policy
 from ._hybrid import HybridPolicy
@@ -39,6 +40,7 @@ from ._models import GeneratedImage, Outcome, Status, Task, TaskResult
 from ._orphans import OnCancel, OrphanHook, OrphanKeeper, WorkTracker
 from ._policy import PollPolicy
 from ._providers import ApiKey, Provider, get_preset, resolve_api_key
+from ._providers._http import DEFAULT_MAX_REPLY_BYTES
 from ._references import ReferenceImage, reference_placeholders, resolve_references
 from ._requests import BaseRequest, build_request, validate_request
 from ._scheduler import Scheduler
@@ -88,6 +90,12 @@ class AsyncFlux:
     ``orphan_dir``, else where the caller asked) and calls ``on_orphan(image)``;
     ``"abandon"`` does not download it. ``drain_timeout`` is the default of
     :meth:`aclose`'s ``drain``: seconds to let paid work finish before stopping.
+
+    Bounds on what a server sends (docs/security.md): ``timeout`` seconds for a whole
+    poll or credits request (a submit: the preset's request timeout), a JSON reply of at
+    most ``max_reply_bytes`` decoded bytes (default 4 MiB), an image of at most
+    ``max_image_bytes`` decoded bytes (default 64 MiB). Anything a server sends that
+    breaks the protocol fails that task alone, with :class:`MalformedReplyError`.
     """
 
     def __init__(
@@ -118,7 +126,13 @@ class AsyncFlux:
         orphan_dir: str | Path | None = None,
         on_orphan: OrphanHook | None = None,
         drain_timeout: float = 0.0,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
+        if max_reply_bytes < 1024 or max_image_bytes < 1024:
+            raise ConfigurationError("max_reply_bytes and max_image_bytes must be >= 1024")
+        self._max_reply_bytes = max_reply_bytes
+        self._max_image_bytes = max_image_bytes
         self._preset = get_preset(provider)
         self._key: ApiKey = resolve_api_key(api_key, self._preset)
         self._base_url = base_url
@@ -215,6 +229,8 @@ class AsyncFlux:
                 max_active=self._limiter.limit,
                 max_polls=self._max_polls,
                 task_timeout=self._task_timeout,
+                max_reply_bytes=self._max_reply_bytes,
+                max_image_bytes=self._max_image_bytes,
             )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._abandon)

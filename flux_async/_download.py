@@ -19,6 +19,7 @@ never held whole next to its base64 text, and no request is made.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +34,10 @@ import httpx
 
 from ._atomic_write import write_atomically
 from ._backoff import compute_backoff
+from ._bounded import DEFAULT_MAX_IMAGE_BYTES, BodyTooLarge, UnsupportedEncoding, decoded
 from ._clock import Clock
 from ._data_urls import data_url_header, decoded_chunks, is_data_url, shown_data_url
+from ._deadline import within
 from ._edf import DeadlineGate
 from ._errors import (
     ConfigurationError,
@@ -44,6 +47,9 @@ from ._errors import (
     ResultExpiredError,
 )
 from ._models import redact_url, url_expiry
+from ._providers._http import raw_body
+from ._redirects import RedirectRefused, next_hop
+from ._references import sniff_image_type
 
 __all__ = [
     "Downloader",
@@ -69,6 +75,12 @@ _CONTENT_TYPE_EXTENSIONS = {
 _FORMAT_EXTENSIONS = {"jpeg": ".jpeg", "jpg": ".jpeg", "png": ".png", "webp": ".webp"}
 _DEFAULT_EXTENSION = ".jpeg"
 _IDENTITY = frozenset({"", "identity"})
+_SNIFF_BYTES = 12
+# An attempt gets at least this long (seconds) even when the URL's deadline is closer:
+# an expired URL answers 403 at once, a live one needs a moment.
+_MIN_ATTEMPT = 2.0
+_MAX_REDIRECTS = 5
+_MIME_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpeg", "image/webp": ".webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +166,14 @@ class _StatusError(Exception):
         self.retry_after = retry_after
 
 
+class _NotAnImage(Exception):
+    """A 2xx body that is no PNG, JPEG or WebP: an error page served with 200 (internal)."""
+
+
+class _Stalled(Exception):
+    """The attempt did not finish before the URL's deadline (internal; transient)."""
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     try:
         seconds = float(response.headers.get("retry-after", ""))
@@ -191,10 +211,17 @@ def _is_transient(exc: BaseException) -> bool:
         return exc.status == 429 or exc.status >= 500
     if isinstance(exc, httpx.UnsupportedProtocol):
         return False
-    return isinstance(exc, httpx.TransportError | IncompleteDownloadError)
+    return isinstance(exc, httpx.TransportError | IncompleteDownloadError | _Stalled)
 
 
-_ATTEMPT_ERRORS = (_StatusError, httpx.HTTPError, httpx.InvalidURL, IncompleteDownloadError)
+_ATTEMPT_ERRORS = (
+    _StatusError,
+    httpx.HTTPError,
+    httpx.InvalidURL,
+    IncompleteDownloadError,
+    _NotAnImage,
+    _Stalled,
+)
 
 
 class Downloader:
@@ -204,6 +231,9 @@ class Downloader:
     default header, no ``auth``): it follows redirects to hosts nobody vetted. Its
     timeouts apply, and its owner closes it. ``clock`` paces the retries; deadlines are
     its wall-clock ``time()``. At most ``max_concurrent`` downloads stream at once.
+    An image larger than ``max_image_bytes`` decoded bytes is refused while it streams.
+    Redirects are followed here, one hop at a time (at most five), only as
+    :func:`._redirects.next_hop` allows.
     Settings out of range, or a client with credentials, raise
     :class:`ConfigurationError` (a ``ValueError``).
     """
@@ -218,6 +248,7 @@ class Downloader:
         max_attempts: int = 4,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
         carried = sorted(name for name in _CREDENTIAL_HEADERS if name in http.headers)
         if carried or http.auth is not None:
@@ -233,6 +264,9 @@ class Downloader:
             raise ConfigurationError("max_attempts must be >= 1")
         if backoff_base < 0 or backoff_cap < 0:
             raise ConfigurationError("backoff_base and backoff_cap must be >= 0 seconds")
+        if max_image_bytes < 1:
+            raise ConfigurationError("max_image_bytes must be >= 1")
+        self._max_image_bytes = max_image_bytes
         self._http = http
         self._clock = clock
         self._gate = DeadlineGate(max_concurrent)
@@ -271,13 +305,18 @@ class Downloader:
                 attempt += 1
                 try:
                     async with self._gate.slot(deadline):
-                        saved = await self._fetch(url, dest, output_format, task_id)
+                        saved = await self._fetch_within(
+                            deadline, url, dest, output_format, task_id
+                        )
                     self._completed += 1
                     return saved
                 except _ATTEMPT_ERRORS as exc:
                     reason = _describe(exc, url)
                     _log.debug("download %s attempt %d: %s", _shown(url), attempt, reason)
-                    if isinstance(exc, _StatusError) and exc.status in _EXPIRED_STATUSES:
+                    # An error page served with 200 means what a 403 means: the URL is no good.
+                    if isinstance(exc, _NotAnImage) or (
+                        isinstance(exc, _StatusError) and exc.status in _EXPIRED_STATUSES
+                    ):
                         if refreshed or refresh is None:
                             raise _error(ResultExpiredError, reason, url, task_id) from exc
                         refreshed = True
@@ -333,6 +372,23 @@ class Downloader:
             delay = max(delay, exc.retry_after)
         return delay
 
+    async def _fetch_within(
+        self,
+        deadline: float,
+        url: str,
+        dest: Path,
+        output_format: str | None,
+        task_id: str | None,
+    ) -> SavedFile:
+        """Run one attempt, cut off at the URL's deadline (a dripping body cannot hold it)."""
+        budget = max(deadline - self._clock.time(), _MIN_ATTEMPT)
+        try:
+            return await within(
+                self._clock, budget, lambda: self._fetch(url, dest, output_format, task_id)
+            )
+        except TimeoutError as exc:
+            raise _Stalled(f"no whole body within {budget:.1f} s, the URL's deadline") from exc
+
     async def _fetch(
         self, url: str, dest: Path, output_format: str | None, task_id: str | None
     ) -> SavedFile:
@@ -340,22 +396,49 @@ class Downloader:
             return await self._save_data_url(url, dest, output_format, task_id)
         if urlsplit(url).scheme.lower() not in {"http", "https"}:
             raise _error(DownloadError, "not an http(s) URL", url, task_id)
-        # auth=None: even a client-level auth must never reach a download host.
-        async with self._http.stream("GET", url, auth=None, follow_redirects=True) as response:
-            if not response.is_success:
-                raise _StatusError(response.status_code, _retry_after(response))
-            content_type = response.headers.get("content-type")
-            final = dest
-            if not dest.suffix:
-                final = dest.with_name(dest.name + extension_for(output_format, content_type))
-            await self._makedirs(final, url, task_id)
-            size, digest = await self._write(
-                _body_chunks(response, self._chunk_size, url, task_id),
-                final,
-                url,
-                task_id,
-                verify=lambda size: _check_length(response, size, url, task_id),
+        origin = url
+        for _ in range(_MAX_REDIRECTS + 1):
+            # auth=None: even a client-level auth must never reach a download host.
+            request = self._http.build_request("GET", url)
+            response = await self._http.send(
+                request, auth=None, stream=True, follow_redirects=False
             )
+            try:
+                if response.is_redirect:
+                    try:
+                        url = next_hop(origin, url, response.headers.get("location", ""))
+                    except RedirectRefused as exc:
+                        raise _error(DownloadError, str(exc), url, task_id) from exc
+                    continue
+                return await self._save_response(response, url, dest, output_format, task_id)
+            finally:
+                await response.aclose()
+        raise _error(DownloadError, f"more than {_MAX_REDIRECTS} redirects", url, task_id)
+
+    async def _save_response(
+        self,
+        response: httpx.Response,
+        url: str,
+        dest: Path,
+        output_format: str | None,
+        task_id: str | None,
+    ) -> SavedFile:
+        if not response.is_success:
+            raise _StatusError(response.status_code, _retry_after(response))
+        content_type = response.headers.get("content-type")
+        chunks = _body_chunks(response, self._chunk_size, self._max_image_bytes, url, task_id)
+        head, mime = await _sniff(chunks, output_format, url)
+        final = dest
+        if not dest.suffix:
+            final = dest.with_name(dest.name + _MIME_EXTENSIONS[mime])
+        await self._makedirs(final, url, task_id)
+        size, digest = await self._write(
+            _prepend(head, chunks),
+            final,
+            url,
+            task_id,
+            verify=lambda size: _check_length(response, size, url, task_id),
+        )
         _log.debug("saved %s (%d bytes) from %s", final, size, redact_url(url))
         return SavedFile(path=final, size=size, sha256=digest, content_type=content_type)
 
@@ -367,17 +450,24 @@ class Downloader:
             content_type, start = data_url_header(url)
         except ValueError as exc:
             raise _error(DownloadError, str(exc), url, task_id) from exc
+        chunks = _decoded_chunks(url, start, self._chunk_size, task_id)
+        try:
+            head, mime = await _sniff(chunks, output_format, url)
+        except _NotAnImage as exc:
+            raise _error(
+                DownloadError, f"the data: URL holds no image: {exc}", url, task_id
+            ) from exc
         final = dest
         if not dest.suffix:
-            final = dest.with_name(dest.name + extension_for(output_format, content_type))
+            final = dest.with_name(dest.name + _MIME_EXTENSIONS[mime])
         await self._makedirs(final, url, task_id)
 
         def verify(size: int) -> None:
-            if size == 0:
+            if size == 0:  # pragma: no cover - the sniffed head is never empty
                 raise _error(DownloadError, "the data: URL holds no image", url, task_id)
 
         size, digest = await self._write(
-            _decoded_chunks(url, start, self._chunk_size, task_id),
+            _prepend(head, chunks),
             final,
             url,
             task_id,
@@ -430,12 +520,17 @@ class Downloader:
 
 
 async def _body_chunks(
-    response: httpx.Response, chunk_size: int, url: str, task_id: str | None
+    response: httpx.Response, chunk_size: int, limit: int, url: str, task_id: str | None
 ) -> AsyncGenerator[bytes, None]:
-    """Yield the response body; a connection closed mid-body is an incomplete download."""
+    """Yield the decoded body, at most ``limit`` bytes; a short read is an incomplete download.
+
+    The body is decoded here, with a bounded output per step, not by httpx: a gzip bomb
+    stops at ``limit`` decoded bytes instead of inflating a network chunk at once.
+    """
     received = 0
+    raw, encoding = raw_body(response, chunk_size)
     try:
-        async for chunk in response.aiter_bytes(chunk_size):
+        async for chunk in decoded(raw, encoding, limit):
             received += len(chunk)
             yield chunk
     except httpx.RemoteProtocolError as exc:
@@ -443,6 +538,48 @@ async def _body_chunks(
         expected = _content_length(response)
         reason = f"connection closed after {received} of {expected or '?'} bytes"
         raise IncompleteDownloadError(reason, task_id=task_id, url=redact_url(url)) from exc
+    except BodyTooLarge as exc:
+        raise _error(DownloadError, f"the image is {exc}", url, task_id) from exc
+    except (UnsupportedEncoding, zlib.error) as exc:
+        raise _error(DownloadError, f"the body cannot be decoded: {exc}", url, task_id) from exc
+
+
+async def _sniff(
+    chunks: AsyncGenerator[bytes, None], output_format: str | None, url: str
+) -> tuple[bytes, str]:
+    """Return the body's first bytes and its image type; raise _NotAnImage if it is none."""
+    head = b""
+    async for chunk in chunks:
+        head += chunk
+        if len(head) >= _SNIFF_BYTES:
+            break
+    if not head:
+        # Empty: most likely cut short, and a retry may well bring the real image.
+        raise IncompleteDownloadError("got 0 bytes", url=redact_url(url))
+    mime = sniff_image_type(head)
+    if mime is None:
+        await chunks.aclose()
+        raise _NotAnImage(f"the body is not a PNG, JPEG or WebP image ({len(head)}+ bytes)")
+    wanted = _FORMAT_EXTENSIONS.get((output_format or "").lower())
+    if wanted is not None and wanted != _MIME_EXTENSIONS[mime]:
+        _log.warning(
+            "%s holds %s, not the requested %s; saved as what it is",
+            redact_url(url),
+            mime,
+            output_format,
+        )
+    return head, mime
+
+
+async def _prepend(head: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """Yield ``head``, then every chunk of ``rest``."""
+    try:
+        if head:
+            yield head
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
 
 
 def _check_length(response: httpx.Response, size: int, url: str, task_id: str | None) -> None:

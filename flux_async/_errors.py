@@ -17,6 +17,10 @@ Everything the library raises derives from :class:`FluxError`::
     │   └── RequestTimeoutError (TimeoutError)   connect/read/write/pool timeout
     ├── AmbiguousSubmitError                a submit failed after it may have reached the server:
     │                                       the task may exist and may be billed; not replayed
+    ├── MalformedReplyError (ValueError)    a 2xx reply that breaks the protocol: not JSON, too
+    │                                       large, a field of the wrong type, an unusable URL
+    ├── UnexpectedError (RuntimeError)      the last-resort guard: anything else that went wrong
+    │                                       in one task's work; that task fails, the client goes on
     ├── TaskError                           a task ended without an image
     │   ├── ModerationError                 Request Moderated / Content Moderated (not billed)
     │   ├── GenerationError                 Error / Failed
@@ -47,6 +51,7 @@ __all__ = [
     "GenerationError",
     "IncompleteDownloadError",
     "InsufficientCreditsError",
+    "MalformedReplyError",
     "ModerationError",
     "RateLimitError",
     "RequestTimeoutError",
@@ -56,6 +61,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskTimeoutError",
     "TransportError",
+    "UnexpectedError",
     "UnknownStatusError",
     "ValidationError",
 ]
@@ -202,6 +208,45 @@ class AmbiguousSubmitError(FluxError):
         super().__init__(f"{message}; the task may have been created and billed", task_id=task_id)
         self.status_code = status_code
         self.body = body
+
+
+class MalformedReplyError(FluxError, ValueError):
+    """Raised when a 2xx reply breaks the protocol; ``raw`` shows the offending value.
+
+    Not JSON, larger than ``max_reply_bytes``, a field of the wrong type (``"seed": 1.5``),
+    an unusable URL. ``phase`` is ``"submit"``, ``"poll"``, ``"credits"`` or ``"webhook"``;
+    ``field`` names the field (None: the whole body); ``raw`` is a short, printable form of
+    what the server sent (truncated, control characters removed). A malformed submit
+    reply may come from a task that exists: ``may_be_billed`` says so.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        phase: str,
+        field: str | None = None,
+        raw: str = "",
+        task_id: str | None = None,
+        may_be_billed: bool = False,
+    ) -> None:
+        where = f" field {field!r}" if field else ""
+        shown = f": {raw}" if raw else ""
+        super().__init__(f"malformed {phase} reply{where}: {message}{shown}", task_id=task_id)
+        self.phase = phase
+        self.field = field
+        self.raw = raw
+        self.may_be_billed = may_be_billed
+
+
+class UnexpectedError(FluxError, RuntimeError):
+    """Raised for one task when its work failed in a way nothing else foresaw.
+
+    The last-resort guard of the scheduler and of the client's background work turns any
+    exception that is not a :class:`FluxError` into this one (``__cause__`` holds the
+    original, which is logged with its traceback at ERROR): that task fails, every other
+    task and the client go on.
+    """
 
 
 class TaskError(FluxError):

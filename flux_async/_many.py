@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 
 from ._errors import FluxError
+from ._guard import unexpected
 from ._models import GeneratedImage, Outcome
 from ._references import ReferenceImage, reference_placeholders
 from ._requests import BaseRequest, build_request, validate_request
@@ -75,6 +76,9 @@ async def _one(
     except FluxError as exc:
         prompt = prompt or item_prompt(item)
         outcome = Outcome(index=index, prompt=prompt, error=exc, task_id=exc.task_id)
+    except Exception as exc:  # noqa: BLE001 - the guard: this item fails, the others go on
+        error = unexpected(exc, task_id=None, where=f"item {index}")
+        outcome = Outcome(index=index, prompt=prompt or item_prompt(item), error=error)
     finally:
         gate.release()
     await send.send(outcome)

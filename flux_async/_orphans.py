@@ -34,6 +34,7 @@ import anyio.abc
 from ._clock import Clock
 from ._errors import ConfigurationError, FluxError
 from ._events import EventEmitter, TaskOrphaned
+from ._guard import unexpected
 from ._models import GeneratedImage, Task, TaskResult
 
 __all__ = ["OnCancel", "OrphanHook", "OrphanKeeper", "OrphanStatistics", "WorkTracker"]
@@ -200,7 +201,9 @@ class OrphanKeeper:
                 prompt_used=result.prompt,
             )
             await self._hand_over(image)
-        except FluxError as exc:
+        except Exception as exc:  # noqa: BLE001 - FluxError expected; anything else guarded
+            if not isinstance(exc, FluxError):
+                unexpected(exc, task_id=task.id, where="saving an orphan")
             self._failed += 1
             logger.warning(
                 "orphaned task %s ended without a saved image: %s",

@@ -35,12 +35,14 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     FluxError,
+    MalformedReplyError,
     RateLimitError,
     ServerError,
     TaskError,
     TaskTimeoutError,
     TransportError,
 )
+from ._guard import unexpected
 from ._models import PollReply, Status, Task, TaskResult
 from ._policy import PollPolicy, PollState
 from ._replies import failure_for, not_found, ready_without_sample, unknown_status
@@ -53,6 +55,9 @@ PollFn = Callable[[Task], Awaitable[PollReply]]
 
 # Never wait less than this for a budget token: a shorter sleep may not move the clock.
 _MIN_BUDGET_WAIT = 1e-3
+# Malformed poll replies in a row before the task fails with the last one: a proxy's
+# passing garbage gets another chance, a server that always sends it does not.
+_MAX_MALFORMED = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ class _Entry:
     outcome: TaskResult | FluxError | None = None
     first_unknown_at: float | None = None
     failures: int = 0
+    malformed: int = 0
     last_reply: PollReply | None = None
     polls: int = 0
     seq: int = -1  # the seq of this entry's live heap item; older items are stale
@@ -89,10 +95,11 @@ class _Entry:
         self.outcome = outcome
         self.done.set()
         if self.on_terminal is not None:
+            callback, self.on_terminal = self.on_terminal, None
             try:
-                self.on_terminal(outcome)
-            finally:
-                self.on_terminal = None
+                callback(outcome)
+            except Exception as exc:  # noqa: BLE001 - the guard: logged, and the loop goes on
+                unexpected(exc, task_id=self.task.id, where="the task's end callback")
         return True
 
 
@@ -182,7 +189,7 @@ class Scheduler:
         self._entries[task.id] = entry
         self._pending += 1
         if task.immediate is not None:
-            self._handle_reply(entry, task.immediate, now)
+            self._handle_guarded(entry, task.immediate, now)
             return
         self._push(entry, now + max(0.0, self._policy.first_delay(state, now)))
 
@@ -319,8 +326,21 @@ class Scheduler:
                 else:
                     self._finish(entry, exc)
                     return
-            entry.failures = 0
-            self._handle_reply(entry, reply, self._clock.monotonic())
+            except MalformedReplyError as exc:
+                entry.malformed += 1
+                if entry.malformed < _MAX_MALFORMED:
+                    self._retry_later(entry, exc)
+                else:
+                    logger.warning("task %s: %s", entry.task.id, exc)
+                    self._finish(entry, exc)
+                return
+            except FluxError as exc:
+                self._finish(entry, exc)
+                return
+            entry.failures = entry.malformed = 0
+            self._handle_guarded(entry, reply, self._clock.monotonic())
+        except Exception as exc:  # noqa: BLE001 - the guard: this task fails, the loop goes on
+            self._finish(entry, unexpected(exc, task_id=entry.task.id, where="a poll"))
         finally:
             self._in_flight -= 1
             self._slot_free.set()
@@ -334,6 +354,13 @@ class Scheduler:
             delay = max(delay, retry_after)
         logger.debug("poll of task %s failed (%s); retrying in %.2f s", entry.task.id, exc, delay)
         self._push(entry, self._clock.monotonic() + delay)
+
+    def _handle_guarded(self, entry: _Entry, reply: PollReply, now: float) -> None:
+        """Apply ``reply``; anything unforeseen fails this task alone (see ``_guard``)."""
+        try:
+            self._handle_reply(entry, reply, now)
+        except Exception as exc:  # noqa: BLE001 - the guard: this task fails, the loop goes on
+            self._finish(entry, unexpected(exc, task_id=entry.task.id, where="a reply"))
 
     def _handle_reply(self, entry: _Entry, reply: PollReply, now: float) -> None:
         if entry.outcome is not None:
@@ -405,7 +432,7 @@ class Scheduler:
         entry = self._entries.get(task_id)
         if entry is None or entry.outcome is not None:
             return False
-        self._handle_reply(entry, reply, self._clock.monotonic())
+        self._handle_guarded(entry, reply, self._clock.monotonic())
         return True
 
     def statistics(self) -> SchedulerStatistics:

@@ -33,6 +33,7 @@ import anyio.abc
 from ._clock import Clock
 from ._errors import ConfigurationError, FluxError
 from ._events import EventEmitter, WebhookReceived
+from ._guard import unexpected
 from ._hybrid import WEBHOOK_SUFFIX
 from ._models import PollReply, Status, Task
 from ._requests import BaseRequest
@@ -204,7 +205,9 @@ class WebhookReceiver:
         self._confirm_polls += 1
         try:
             reply = await poll(task)
-        except FluxError as exc:
+        except Exception as exc:  # noqa: BLE001 - FluxError expected; anything else guarded
+            if not isinstance(exc, FluxError):
+                unexpected(exc, task_id=task.id, where="a confirming poll")
             self._unconfirmed += 1
             logger.info(
                 "confirming poll of task %s failed (%s); the fallback polling goes on",

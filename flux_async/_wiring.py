@@ -36,6 +36,8 @@ async def open_parts(
     max_active: int,
     max_polls: int,
     task_timeout: float,
+    max_reply_bytes: int,
+    max_image_bytes: int,
 ) -> tuple[Provider, Downloader, Scheduler, PollFn]:
     """Open both HTTP clients on ``stack`` and build the parts over them.
 
@@ -50,8 +52,19 @@ async def open_parts(
     download_http = await stack.enter_async_context(
         download_client(transport, timeout=http_timeout)
     )
-    provider = make_provider(preset, api_http, key=key, clock=clock, base_url=base_url)
-    downloader = Downloader(download_http, clock=clock, max_concurrent=max_downloads)
+    provider = make_provider(
+        preset,
+        api_http,
+        key=key,
+        clock=clock,
+        base_url=base_url,
+        max_reply_bytes=max_reply_bytes,
+        max_image_bytes=max_image_bytes,
+        request_timeout=http_timeout,
+    )
+    downloader = Downloader(
+        download_http, clock=clock, max_concurrent=max_downloads, max_image_bytes=max_image_bytes
+    )
     poll = events.observe_poll(provider.poll)
     scheduler = Scheduler(
         poll,

@@ -40,6 +40,7 @@ URL = (
 )
 FRESH = f"https://delivery-us1.bfl.ai/results/abc/sample.jpeg?se=2026-11-22T10%3A20%3A00Z&{SECRET}2"
 JPEG = b"\xff\xd8\xff\xe0" + b"fake jpeg body " * 100
+PNG = b"\x89PNG\r\n\x1a\n" + b"fake png body " * 100
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -101,7 +102,7 @@ async def chunks(piece: bytes, count: int) -> AsyncIterator[bytes]:
 
 
 async def test_streams_a_large_body_in_chunks(tmp_path: Path, clock: ManualClock) -> None:
-    piece = bytes(range(256)) * 256  # 64 KiB
+    piece = (PNG[:8] + bytes(range(256)) * 256)[: 64 * KiB]  # 64 KiB, starting as a PNG
     body_size = 8 * MiB
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -120,7 +121,7 @@ async def test_streams_a_large_body_in_chunks(tmp_path: Path, clock: ManualClock
 
 
 async def test_memory_stays_flat_while_streaming(tmp_path: Path, clock: ManualClock) -> None:
-    piece = b"\x5a" * (64 * KiB)
+    piece = (JPEG[:4] + b"\x5a" * (64 * KiB))[: 64 * KiB]
     body_size = 32 * MiB
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -152,13 +153,18 @@ async def test_keeps_a_given_suffix_and_creates_folders(tmp_path: Path, clock: M
 async def test_suffix_from_output_format_without_content_type(
     tmp_path: Path, clock: ManualClock
 ) -> None:
-    handler, _ = sequence(httpx.Response(200, content=JPEG))
+    handler, _ = sequence(httpx.Response(200, content=PNG), httpx.Response(200, content=JPEG))
     async with mock_client(handler) as http:
         saved = await downloader(http, clock).download(
             URL, tmp_path / "fox", deadline=clock.time() + 600, output_format="png"
         )
+        # The name follows what the bytes are, even when the server sent another format.
+        other = await downloader(http, clock).download(
+            URL, tmp_path / "hare", deadline=clock.time() + 600, output_format="png"
+        )
     assert saved.path == tmp_path / "fox.png"
     assert saved.content_type is None
+    assert other.path == tmp_path / "hare.jpeg"
 
 
 async def test_overwrites_an_existing_file_atomically(tmp_path: Path, clock: ManualClock) -> None:
@@ -633,7 +639,7 @@ async def test_cross_host_redirect_carries_no_credential(
         seen.append(request)
         if request.url.host == "delivery-eu1.bfl.ai":
             return httpx.Response(302, headers={"location": "https://blob.example.net/x.png?sig=2"})
-        return image(content_type="image/png")
+        return image(PNG, content_type="image/png")
 
     async with mock_client(handler) as http:
         saved = await downloader(http, clock).download(

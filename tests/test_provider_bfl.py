@@ -15,6 +15,7 @@ from flux_async import (
     ConfigurationError,
     ConnectError,
     InsufficientCreditsError,
+    MalformedReplyError,
     RateLimitError,
     RequestTimeoutError,
     ServerError,
@@ -204,11 +205,12 @@ async def test_unreadable_replies() -> None:
         return httpx.Response(200, text="<html>proxy page</html>")
 
     p = provider(handler)
-    with pytest.raises(AmbiguousSubmitError):
+    with pytest.raises(AmbiguousSubmitError, match="not JSON: b'<html>proxy page"):
         await p.submit(build_request("flux-2-pro", "x"))
-    with pytest.raises(ServerError):
+    with pytest.raises(MalformedReplyError, match="malformed poll reply: not JSON") as polled:
         await p.poll(task(None))
-    with pytest.raises(ServerError):
+    assert polled.value.task_id is not None
+    with pytest.raises(MalformedReplyError, match="malformed credits reply"):
         await p.credits()
 
 

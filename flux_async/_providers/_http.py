@@ -7,11 +7,15 @@ server created nothing (retry is safe) or leaves it unknown (``AmbiguousSubmitEr
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any, Literal, NoReturn
 
+import anyio
 import httpx
 
 from .._backoff import SubmitVerdict, judge_submit_status, parse_retry_after
+from .._bounded import ACCEPT_ENCODING, BodyTooLarge, UnsupportedEncoding, decoded
 from .._errors import (
     AmbiguousSubmitError,
     APIError,
@@ -20,13 +24,16 @@ from .._errors import (
     ConnectError,
     FluxError,
     InsufficientCreditsError,
+    MalformedReplyError,
     RateLimitError,
     RequestTimeoutError,
     ServerError,
     TransportError,
 )
+from .._text import clean_text
 
 __all__ = [
+    "DEFAULT_MAX_REPLY_BYTES",
     "USER_AGENT",
     "Phase",
     "api_client",
@@ -34,8 +41,15 @@ __all__ = [
     "error_body",
     "error_for_response",
     "error_for_transport",
+    "fail_malformed",
+    "raw_body",
+    "send_capped",
     "summarize_detail",
+    "total_time",
 ]
+
+DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
+"""The default cap on a JSON reply's decoded size: a poll reply is a few hundred bytes."""
 
 Phase = Literal["submit", "poll", "credits"]
 
@@ -56,7 +70,7 @@ def api_client(
         transport=transport,
         timeout=timeout,
         follow_redirects=False,
-        headers={"user-agent": USER_AGENT},
+        headers={"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING},
         limits=httpx.Limits(max_connections=busy + 32, max_keepalive_connections=busy),
     )
 
@@ -67,17 +81,21 @@ def download_client(
     """Return the client for result URLs: it carries no credential at all.
 
     Result URLs live on delivery hosts that must never see the key, and httpx keeps custom
-    headers across cross-host redirects; with nothing to leak, redirects are safe to follow.
+    headers across cross-host redirects. The downloader follows redirects itself, one
+    checked hop at a time (``_redirects``): no scheme but http(s), no https-to-http, no
+    private address unless the result URL had one.
     """
     return httpx.AsyncClient(
         transport=transport,
-        follow_redirects=True,
+        follow_redirects=False,
         timeout=httpx.Timeout(timeout, read=120.0),
-        headers={"user-agent": USER_AGENT},
+        headers={"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING},
     )
 
 
 _MAX_TEXT = 2000
+# A server's error text becomes one line of a message: bounded, no control characters.
+_MAX_DETAIL = 300
 
 
 def error_body(response: httpx.Response) -> Any:
@@ -100,19 +118,19 @@ def summarize_detail(body: Any) -> str:
                     parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
                 else:
                     parts.append(str(item))
-            return "; ".join(parts)
+            return clean_text("; ".join(parts), _MAX_DETAIL)
         if isinstance(detail, str):
-            return detail
+            return clean_text(detail, _MAX_DETAIL)
         error = body.get("error")
         if isinstance(error, dict):
-            return str(error.get("message") or error.get("code") or error)
+            return clean_text(error.get("message") or error.get("code") or error, _MAX_DETAIL)
         if isinstance(error, str):
-            return error
+            return clean_text(error, _MAX_DETAIL)
         message = body.get("message")
         if isinstance(message, str):
-            return message
+            return clean_text(message, _MAX_DETAIL)
     if isinstance(body, str) and body.strip():
-        return body.strip().splitlines()[0][:200]
+        return clean_text(body.strip().splitlines()[0], _MAX_DETAIL)
     return "no detail"
 
 
@@ -167,3 +185,149 @@ def error_for_transport(
     if isinstance(exc, httpx.TimeoutException):
         return RequestTimeoutError(f"request timed out ({name})", task_id=task_id)
     return TransportError(f"request failed ({name})", task_id=task_id)
+
+
+async def _already_read(content: bytes) -> AsyncIterator[bytes]:
+    yield content
+
+
+def raw_body(
+    response: httpx.Response, chunk_size: int | None = None
+) -> tuple[AsyncIterator[bytes], str]:
+    """Return the body's raw bytes as they stream and the encoding to decode them with.
+
+    A response whose body was already read (a mock transport's, built from content) hands
+    over its decoded content, whose encoding is then identity.
+    """
+    if response.is_stream_consumed:
+        return _already_read(response.content), "identity"
+    return response.aiter_raw(chunk_size), response.headers.get("content-encoding", "")
+
+
+def total_time(timeout: float) -> float:
+    """Return the seconds a whole request may take when each phase may take ``timeout``.
+
+    Room for a connect and a read, at most ten seconds more than one timeout: httpx's own
+    per-read timeout fires first against a silent server, this one against a dripping one.
+    """
+    return timeout + min(timeout, 10.0)
+
+
+def fail_malformed(
+    message: str,
+    *,
+    phase: Phase | Literal["webhook"],
+    field: str | None = None,
+    raw: str = "",
+    task_id: str | None = None,
+    cause: BaseException | None = None,
+) -> NoReturn:
+    """Raise the error for a 2xx reply that breaks the protocol (caused by ``cause``).
+
+    On submit the server answered, so a task may exist and be billed: that is an
+    :class:`AmbiguousSubmitError` (never replayed on its own) caused by the
+    :class:`MalformedReplyError` that names the raw value.
+    """
+    error = MalformedReplyError(
+        message,
+        phase=phase,
+        field=field,
+        raw=raw,
+        task_id=task_id,
+        may_be_billed=phase == "submit",
+    )
+    if phase != "submit":
+        raise error from cause
+    error.__cause__ = cause
+    raise AmbiguousSubmitError(str(error), task_id=task_id) from error
+
+
+async def send_capped(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    phase: Phase,
+    total: float,
+    max_bytes: int,
+    task_id: str | None = None,
+    headers: dict[str, str] | None = None,
+    json: dict[str, Any] | None = None,
+    timeout: httpx.Timeout | None = None,  # noqa: ASYNC109 - httpx's per-phase timeouts
+) -> httpx.Response:
+    """Send one API request and return its response with the body read, within bounds.
+
+    ``total`` real seconds (see :func:`total_time`) bound the whole exchange (connect, send,
+    every byte of the answer), not each read alone: a server dripping a byte at a time
+    cannot hold a poll past it.
+    The body is decoded while it streams and refused past ``max_bytes`` decoded bytes,
+    so a 100 MB reply or a gzip bomb never sits in memory. Transport failures map as
+    :func:`error_for_transport` does; the bounds' failures are a RequestTimeoutError (on
+    submit: AmbiguousSubmitError) and a MalformedReplyError.
+    """
+    pieces: list[bytes] = []
+    response: httpx.Response | None = None
+
+    async def exchange() -> None:
+        nonlocal response
+        async with http.stream(
+            method,
+            url,
+            headers=headers,
+            json=json,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        ) as response:
+            raw, encoding = raw_body(response)
+            async for piece in decoded(raw, encoding, max_bytes):
+                pieces.append(piece)
+
+    try:
+        # Real seconds, like httpx's own per-read timeouts that this one bounds the sum of.
+        with anyio.fail_after(total):
+            await exchange()
+    except httpx.TransportError as exc:
+        raise error_for_transport(exc, phase=phase, task_id=task_id) from exc
+    except httpx.InvalidURL as exc:
+        fail_malformed(
+            "the URL cannot be requested",
+            phase=phase,
+            field="url",
+            raw=clean_text(url, 120),
+            cause=exc,
+        )
+    except TimeoutError as exc:
+        if phase == "submit":
+            raise AmbiguousSubmitError(
+                f"submit got no whole answer within {total:.0f} s", task_id=task_id
+            ) from exc
+        raise RequestTimeoutError(f"no whole answer within {total:.0f} s", task_id=task_id) from exc
+    except BodyTooLarge as exc:
+        fail_malformed(
+            f"the body is {exc}",
+            phase=phase,
+            task_id=task_id,
+            raw=f"> {max_bytes} bytes",
+            cause=exc,
+        )
+    except (UnsupportedEncoding, zlib.error) as exc:
+        fail_malformed(
+            "the body cannot be decoded",
+            phase=phase,
+            task_id=task_id,
+            raw=clean_text(exc),
+            cause=exc,
+        )
+    if response is None:  # pragma: no cover - exchange() ran to its end
+        raise RuntimeError("no response")
+    kept = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in _BODY_FRAMING
+    ]
+    return httpx.Response(
+        response.status_code, headers=kept, content=b"".join(pieces), request=response.request
+    )
+
+
+# The rebuilt response holds the decoded body: these headers described the wire form.
+_BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})

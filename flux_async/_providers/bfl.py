@@ -11,13 +11,20 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 import httpx
-import pydantic
 
 from .._clock import Clock
-from .._errors import AmbiguousSubmitError, ServerError
-from .._models import PollReply, SubmitReply, Task
+from .._models import PollReply, Task
+from .._text import shown_value
 from ._base import ApiKey, ProviderPreset
-from ._http import Phase, error_for_response, error_for_transport
+from ._http import (
+    DEFAULT_MAX_REPLY_BYTES,
+    Phase,
+    error_for_response,
+    fail_malformed,
+    send_capped,
+    total_time,
+)
+from ._parse import is_usable_url, load_json, parse_poll, parse_submit
 
 if TYPE_CHECKING:
     from .._requests import BaseRequest
@@ -47,8 +54,11 @@ class BFLProvider:
         key: ApiKey,
         clock: Clock,
         base_url: str | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        request_timeout: float | None = None,
     ) -> None:
         self.name = preset.name
+        self._max_reply_bytes = max_reply_bytes
         self._http = http
         self._preset = preset
         self._key = key
@@ -60,6 +70,8 @@ class BFLProvider:
         self._api_origin = (parts.scheme, parts.netloc)
         # Writes get the long timeout too: a body may carry up to 8 base64 reference images.
         self._submit_timeout = httpx.Timeout(preset.request_timeout, connect=10.0)
+        # The whole of a poll or credits request (not each read alone) gets this long.
+        self._total = request_timeout if request_timeout is not None else 30.0
 
     def __repr__(self) -> str:
         return f"BFLProvider(name={self.name!r}, base_url={self.base_url!r}, key={self._key!r})"
@@ -69,7 +81,10 @@ class BFLProvider:
 
     def may_send_key(self, url: str) -> bool:
         """Return whether the API key may accompany a request to ``url``."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return False
         if (parts.scheme, parts.netloc) == self._api_origin:
             return True
         if not self._preset.key_on_poll:
@@ -87,16 +102,21 @@ class BFLProvider:
         read_timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
         headers = self._key_headers() if self.may_send_key(url) else {}
-        try:
-            response = await self._http.request(
-                method,
-                url,
-                headers=headers,
-                json=json,
-                timeout=read_timeout if read_timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.TransportError as exc:
-            raise error_for_transport(exc, phase=phase, task_id=task_id) from exc
+        # A submit may take the preset's request timeout (minutes on a relay); the others
+        # the client's. Either bounds the whole exchange, not each read alone.
+        total = total_time(self._preset.request_timeout if phase == "submit" else self._total)
+        response = await send_capped(
+            self._http,
+            method,
+            url,
+            phase=phase,
+            total=total,
+            max_bytes=self._max_reply_bytes,
+            task_id=task_id,
+            headers=headers,
+            json=json,
+            timeout=read_timeout,
+        )
         if response.status_code >= 300:
             raise error_for_response(response, phase=phase, task_id=task_id, now=self._clock.time())
         return response
@@ -108,13 +128,9 @@ class BFLProvider:
         response = await self._send(
             "POST", url, phase="submit", json=request.to_body(), read_timeout=self._submit_timeout
         )
-        try:
-            reply = SubmitReply.model_validate(response.json())
-        except (ValueError, pydantic.ValidationError) as exc:
-            # The server answered 2xx, so a task may exist even though we cannot read it.
-            raise AmbiguousSubmitError(
-                "submit answered without a readable task id", status_code=response.status_code
-            ) from exc
+        # The server answered 2xx, so a task may exist even though we cannot read it: any
+        # failure here is an AmbiguousSubmitError naming what was unreadable.
+        reply = parse_submit(response.content)
         logger.debug("submitted task %s for model %s", reply.id, request.model)
         return Task(
             id=reply.id,
@@ -131,25 +147,29 @@ class BFLProvider:
     def polling_url(self, task: Task) -> str:
         """Return the URL to poll: the one the server gave, else the documented fallback."""
         url = task.polling_url
-        if url and urlsplit(url).scheme in ("http", "https"):
+        if url and is_usable_url(url):
             return url
         return f"{self.base_url}/v1/get_result?id={quote(task.id, safe='')}"
 
     async def poll(self, task: Task) -> PollReply:
         """Fetch ``task``'s status from its polling URL."""
         response = await self._send("GET", self.polling_url(task), phase="poll", task_id=task.id)
-        try:
-            return PollReply.model_validate(response.json())
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise ServerError(
-                "unreadable poll reply", status_code=response.status_code, task_id=task.id
-            ) from exc
+        return parse_poll(response.content, task_id=task.id)
 
     async def credits(self) -> float:
         """Return the account's credit balance from ``GET {base}/v1/credits``."""
         response = await self._send("GET", f"{self.base_url}/v1/credits", phase="credits")
+        data = load_json(response.content, phase="credits")
+        value = data.get("credits") if isinstance(data, dict) else None
         try:
-            value = response.json()["credits"]
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise TypeError(type(value).__name__)
             return float(value)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ServerError("unreadable credits reply", status_code=response.status_code) from exc
+        except (TypeError, ValueError) as exc:
+            fail_malformed(
+                "no number of credits",
+                phase="credits",
+                field="credits",
+                raw=shown_value(value),
+                cause=exc,
+            )

@@ -18,7 +18,6 @@ mapped to what the endpoint takes: ``width``/``height`` become ``size: "WxH"``;
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import uuid
@@ -29,12 +28,21 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .._bounded import DEFAULT_MAX_IMAGE_BYTES
 from .._clock import Clock
 from .._errors import AmbiguousSubmitError, ConfigurationError, ValidationError
 from .._models import PollReply, Status, Task
 from .._references import reference_fields, sniff_image_type
+from .._text import shown_value
 from ._base import ApiKey, ProviderPreset
-from ._http import error_for_response, error_for_transport, summarize_detail
+from ._http import (
+    DEFAULT_MAX_REPLY_BYTES,
+    error_for_response,
+    send_capped,
+    summarize_detail,
+    total_time,
+)
+from ._parse import MAX_ID_CHARS, is_usable_url, load_json, poll_reply
 
 if TYPE_CHECKING:
     from .._requests import BaseRequest
@@ -183,8 +191,13 @@ class OpenAIProvider:
         key: ApiKey,
         clock: Clock,
         base_url: str | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
         self.name = preset.name
+        # The reply may carry the image itself as base64: 4/3 of the largest image, plus
+        # room for the JSON around it.
+        self._max_reply_bytes = max(max_reply_bytes, max_image_bytes * 4 // 3 + 64 * 1024)
         self._http = http
         self._preset = preset
         self._key = key
@@ -212,27 +225,23 @@ class OpenAIProvider:
         self._check_model(request.model)
         body = wire_body(request, self._endpoint, provider=self.name)
         submitted_at = self._clock.monotonic()
-        try:
-            response = await self._http.post(
-                f"{self.base_url}{PATH}",
-                json=body,
-                headers={"authorization": f"Bearer {self._key.reveal()}"},
-                timeout=self._timeout,
-                follow_redirects=False,
-            )
-        except httpx.TransportError as exc:
-            raise error_for_transport(exc, phase="submit") from exc
+        response = await send_capped(
+            self._http,
+            "POST",
+            f"{self.base_url}{PATH}",
+            phase="submit",
+            total=total_time(self._preset.request_timeout),
+            max_bytes=self._max_reply_bytes,
+            json=body,
+            headers={"authorization": f"Bearer {self._key.reveal()}"},
+            timeout=self._timeout,
+        )
         del body  # the reference images in it are no longer needed
         if response.status_code >= 300:
             raise error_for_response(response, phase="submit", now=self._clock.time())
-        task_id = response.headers.get("x-request-id") or f"{self.name}-{uuid.uuid4().hex}"
+        task_id = _request_id(response.headers.get("x-request-id"), self.name)
         status = response.status_code
-        try:
-            payload = json.loads(response.content)
-        except ValueError as exc:
-            raise AmbiguousSubmitError(
-                "the relay answered without a readable image", status_code=status
-            ) from exc
+        payload = load_json(response.content, phase="submit", task_id=task_id)
         # The raw body may hold a multi-megabyte image: let it go before decoding more.
         del response
         sample, item = _sample(payload, request)
@@ -243,16 +252,25 @@ class OpenAIProvider:
             )
         created = payload.get("created")
         del payload
+        if isinstance(created, bool) or not isinstance(created, (int, float)):
+            created = None
         now = self._clock.time()
         # The URL lives about 10 minutes from the end of generation, which was before now.
-        end_time = min(float(created), now) if isinstance(created, (int, float)) else now
+        end_time = min(float(created), now) if created is not None else now
         seed = item.get("seed")
         result = {
             "sample": sample,
-            "seed": seed if isinstance(seed, int) else getattr(request, "seed", None),
+            "seed": getattr(request, "seed", None) if seed is None else seed,
             "prompt": item.get("revised_prompt"),
             "end_time": end_time,
         }
+        # Checked as a poll reply would be: a wrong seed or a non-string revised prompt is
+        # a MalformedReplyError naming it (the image may be billed: may_be_billed).
+        ready = poll_reply(
+            {"id": task_id, "status": Status.READY, "result": result},
+            task_id=task_id,
+            phase="submit",
+        )
         logger.debug("relay %s generated task %s for model %s", self.name, task_id, request.model)
         return Task(
             id=task_id,
@@ -262,7 +280,7 @@ class OpenAIProvider:
             prompt=getattr(request, "prompt", None),
             submitted_at=submitted_at,
             output_format=getattr(request, "output_format", None),
-            immediate=PollReply(id=task_id, status=Status.READY, result=result),
+            immediate=ready,
             reply={"created": created} if created is not None else {},
         )
 
@@ -283,6 +301,15 @@ class OpenAIProvider:
         )
 
 
+def _request_id(header: str | None, provider: str) -> str:
+    """Return the relay's ``x-request-id`` as the task id when usable, else a fresh one."""
+    if header and len(header) <= MAX_ID_CHARS and header.isprintable() and header.strip():
+        return header
+    if header:
+        logger.warning("relay %s sent an unusable x-request-id %s", provider, shown_value(header))
+    return f"{provider}-{uuid.uuid4().hex}"
+
+
 def _sample(payload: Any, request: BaseRequest) -> tuple[str | None, dict[str, Any]]:
     """Return the image of ``data[0]`` as a URL (a delivery URL or a data: URL) and the item."""
     data = payload.get("data") if isinstance(payload, dict) else None
@@ -290,7 +317,7 @@ def _sample(payload: Any, request: BaseRequest) -> tuple[str | None, dict[str, A
         return None, {}
     item: dict[str, Any] = data[0]
     url = item.get("url")
-    if isinstance(url, str) and urlsplit(url).scheme in ("http", "https"):
+    if isinstance(url, str) and is_usable_url(url):
         return url, item
     b64 = item.pop("b64_json", None)
     if isinstance(b64, str) and b64:
