@@ -207,10 +207,10 @@ def raw_body(
 def total_time(timeout: float) -> float:
     """Return the seconds a whole request may take when each phase may take ``timeout``.
 
-    Room for a connect and a read, at most ten seconds more than one timeout: httpx's own
+    One timeout plus room for a connect (at least 1 s, at most 10 s more): httpx's own
     per-read timeout fires first against a silent server, this one against a dripping one.
     """
-    return timeout + min(timeout, 10.0)
+    return timeout + min(max(timeout, 1.0), 10.0)
 
 
 def fail_malformed(
