@@ -30,6 +30,7 @@ from .._errors import (
     ServerError,
     TransportError,
 )
+from .._log_redaction import install as install_log_redaction
 from .._text import clean_text
 
 __all__ = [
@@ -47,6 +48,9 @@ __all__ = [
     "summarize_detail",
     "total_time",
 ]
+
+# httpx logs each request's URL at INFO: never with a signed query string (see the module).
+install_log_redaction()
 
 DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
 """The default cap on a JSON reply's decoded size: a poll reply is a few hundred bytes."""

@@ -10,6 +10,10 @@ On loopback (needs the ``cli`` extra, for uvicorn)::
 
     async with serve(sim) as base_url:
         ...
+
+:class:`HostileServer` is the opposite of the simulator: a server that misbehaves on
+purpose (malformed fields, huge or dripping bodies, gzip bombs, HTML with 200, redirects
+anywhere, escape sequences in ``detail``); ``serve`` runs it on loopback too.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from .._clock import ManualClock, ScaledClock
 from ._app import Simulator
 from ._config import FAKE_API_KEY, KNOWN_MODELS, SimulatorConfig
+from ._hostile import HostileConfig, HostileReply, HostileRequest, HostileServer
 from ._keys import KeySighting
 from ._records import RequestRecord, SimulatorRecords, SubmitRecord
 from ._server import serve
@@ -27,6 +32,10 @@ from ._webhook_sender import WebhookDelivery, WebhookSender
 __all__ = [
     "FAKE_API_KEY",
     "KNOWN_MODELS",
+    "HostileConfig",
+    "HostileReply",
+    "HostileRequest",
+    "HostileServer",
     "KeySighting",
     "ManualClock",
     "RequestRecord",

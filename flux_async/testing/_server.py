@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -22,15 +22,31 @@ from ._asgi import LINK_EXTENSION, Link
 if TYPE_CHECKING:
     import uvicorn
 
-    from ._app import Simulator
+    from ._asgi import Receive, Scope, Send
 
 __all__ = ["serve"]
+
+
+class _Bases(Protocol):
+    api_base: str
+    poll_base: str
+    delivery_base: str
+
+
+class Servable(Protocol):
+    """An ASGI app with the simulator's three base URLs (the simulator, a hostile server)."""
+
+    @property
+    def config(self) -> _Bases: ...
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
 
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
 
 
 @contextlib.asynccontextmanager
-async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def serve(sim: Servable, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve ``sim`` on ``host``:``port`` (0: any free port) and yield its base URL.
 
     While serving, ``sim.config.api_base`` is that URL (``http://127.0.0.1:PORT``) and
@@ -85,7 +101,7 @@ async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> Async
         sock.close()
 
 
-def _server(sim: Simulator) -> uvicorn.Server:
+def _server(sim: Servable) -> uvicorn.Server:
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the installation
