@@ -50,6 +50,7 @@ from ._models import redact_url, url_expiry
 from ._providers._http import raw_body
 from ._redirects import RedirectRefused, next_hop
 from ._references import sniff_image_type
+from ._text import clean_text
 
 __all__ = [
     "Downloader",
@@ -193,7 +194,8 @@ def _describe(exc: BaseException, url: str) -> str:
     """Return a one-line reason for ``exc`` with any signed query string removed."""
     text = exc.message if isinstance(exc, FluxError) else str(exc) or type(exc).__name__
     query = urlsplit(url).query
-    return text.replace(query, "<redacted>") if query else text
+    # httpx/h11 messages may quote what the server sent: one clean, bounded line.
+    return clean_text(text.replace(query, "<redacted>") if query else text, 300)
 
 
 def _shown(url: str) -> str:

@@ -14,6 +14,7 @@ from ._errors import (
     UnknownStatusError,
 )
 from ._models import PollReply, Status
+from ._text import clean_text
 
 __all__ = ["failure_for", "not_found", "ready_without_sample", "unknown_status"]
 
@@ -52,7 +53,7 @@ def not_found(task_id: str, reply: PollReply, age: float) -> TaskNotFoundError:
 def unknown_status(task_id: str, reply: PollReply, lasted: float) -> UnknownStatusError:
     """Return the error for a status nobody knows that lasted ``lasted`` seconds."""
     return UnknownStatusError(
-        f"unknown status {reply.status!r} lasted {lasted:.0f} s",
+        f"unknown status {clean_text(reply.status, 60)!r} lasted {lasted:.0f} s",
         task_id=task_id,
         status=reply.status,
         reply=reply,

@@ -46,6 +46,7 @@ from ._guard import unexpected
 from ._models import PollReply, Status, Task, TaskResult
 from ._policy import PollPolicy, PollState
 from ._replies import failure_for, not_found, ready_without_sample, unknown_status
+from ._text import clean_text
 
 __all__ = ["PollFn", "Scheduler", "SchedulerStatistics"]
 
@@ -386,7 +387,8 @@ class Scheduler:
         else:
             if entry.first_unknown_at is None:
                 entry.first_unknown_at = now
-                logger.warning("task %s has unknown status %r; tolerating it", task_id, status)
+                shown = clean_text(status, 60)
+                logger.warning("task %s has unknown status %r; tolerating it", task_id, shown)
             if now - entry.first_unknown_at >= self._unknown_tolerance:
                 self._finish(entry, unknown_status(task_id, reply, now - entry.first_unknown_at))
             else:

@@ -391,3 +391,14 @@ async def test_generate_many_keeps_every_other_outcome(tmp_path: Path) -> None:
     [failed] = [o for o in outcomes if not o.ok]
     assert isinstance(failed.error, MalformedReplyError)
     assert failed.may_be_billed
+
+
+def test_server_text_is_cleaned_where_it_enters() -> None:
+    reply = parse_poll(json.dumps(ready(prompt="a\x1b[31m fox\r\nin snow")).encode())
+    sample = reply.sample()
+    assert sample is not None
+    assert sample.prompt == "a[31m fox in snow"
+    from flux_async._replies import unknown_status
+
+    odd = PollReply(id="t1", status="Odd\x1b]0;x\x07")
+    assert "\x1b" not in str(unknown_status("t1", odd, 61.0))

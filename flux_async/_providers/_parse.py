@@ -22,7 +22,7 @@ import pydantic
 from .._data_urls import is_data_url
 from .._errors import FluxError
 from .._models import PollReply, SampleResult, Status, SubmitReply
-from .._text import shown_value
+from .._text import clean_text, shown_value
 from ._http import Phase, fail_malformed
 
 __all__ = [
@@ -41,6 +41,7 @@ MAX_ID_CHARS = 256
 """Longest task id accepted from a server (BFL's are 36-character UUIDs)."""
 MAX_STATUS_CHARS = 100
 _MAX_URL_CHARS = 16_384
+_MAX_PROMPT = 10_000
 # A seed is stored as SQLite's signed 64-bit integer.
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -195,6 +196,9 @@ def ready_result(value: Any, *, task_id: str | None, phase: Phase = "poll") -> S
             task_id=task_id,
             raw=shown_value(result.seed),
         )
+    if result.prompt is not None:
+        # The revised prompt is server text bound for logs, results.jsonl and HTML pages.
+        result = result.model_copy(update={"prompt": clean_text(result.prompt, _MAX_PROMPT)})
     sample = result.sample
     if sample is not None and not is_usable_url(sample, allow_data=True):
         fail_malformed(
