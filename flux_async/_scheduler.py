@@ -332,7 +332,7 @@ class Scheduler:
                 if entry.malformed < _MAX_MALFORMED:
                     self._retry_later(entry, exc)
                 else:
-                    logger.warning("task %s: %s", entry.task.id, exc)
+                    logger.warning("%s", exc)
                     self._finish(entry, exc)
                 return
             except FluxError as exc:
