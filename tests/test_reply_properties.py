@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux_async import AsyncFlux, FluxError, ManualClock, ScaledClock
+from flux_async import AsyncFlux, FluxError, ManualClock, ScaledClock, TaskResult
 from flux_async._models import PollReply, SubmitReply, Task
 from flux_async._policy import FixedIntervalPolicy
 from flux_async._providers import ApiKey, BFLProvider, OpenAIProvider, get_preset
 from flux_async._providers._parse import is_usable_url, parse_poll, parse_submit
 from flux_async._requests import build_request
+from flux_async._scheduler import Scheduler
 
 KEY = "sim-fake-key-property-tests"
 BASE = "https://api.hostile.test"
@@ -307,3 +309,82 @@ def test_any_poll_reply_ends_one_task_and_the_client_serves_the_next(
 @pytest.mark.parametrize("value", ["", "http://[zz]/x", "ftp://h/x", "https://h/\x00"])
 def test_unusable_urls(value: str) -> None:
     assert not is_usable_url(value)
+
+
+# --- the scheduler, fed by a fake poll function that returns anything ---------------------
+
+failures = st.sampled_from(
+    [KeyError("k"), TypeError("t"), ValueError("v"), ZeroDivisionError(), RuntimeError("r")]
+)
+
+
+@FAST
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(
+                lambda status, result, progress: PollReply.model_construct(
+                    status=status, result=result, progress=progress
+                ),
+                statuses | json_values,
+                results | json_values,
+                json_values,
+            ),
+            failures,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_the_scheduler_survives_any_poll_function(script: list[PollReply | Exception]) -> None:
+    clock = ManualClock()
+    calls = {"odd": 0}
+
+    async def poll(task: Task) -> PollReply:
+        if task.id == "odd":
+            answer = script[min(calls["odd"], len(script) - 1)]
+            calls["odd"] += 1
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        body = {"status": "Ready", "result": {"sample": "https://delivery.hostile.test/x.png"}}
+        return PollReply.model_validate(body)
+
+    async def main() -> None:
+        sched = Scheduler(poll, clock=clock, policy=FixedIntervalPolicy(1.0), task_timeout=30.0)
+        outcomes: dict[str, object] = {}
+
+        async def collect(task_id: str) -> None:
+            task = Task(id=task_id, polling_url=None, model="flux-2-pro", provider="bfl")
+            try:
+                outcomes[task_id] = await sched.wait(task)
+            except FluxError as exc:
+                outcomes[task_id] = exc
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(sched.run)
+            tg.start_soon(collect, "odd")
+            for _ in range(200):
+                await anyio.lowlevel.checkpoint()
+                if "odd" in outcomes:
+                    break
+                deadline = clock.next_deadline
+                if deadline is not None:
+                    clock.advance(max(0.0, deadline - clock.monotonic()))
+            tg.start_soon(collect, "normal")
+            for _ in range(200):
+                await anyio.lowlevel.checkpoint()
+                if "normal" in outcomes:
+                    break
+                deadline = clock.next_deadline
+                if deadline is not None:
+                    clock.advance(max(0.0, deadline - clock.monotonic()))
+            tg.cancel_scope.cancel()
+        assert isinstance(outcomes["odd"], TaskResult | FluxError)
+        assert isinstance(outcomes["normal"], TaskResult)
+
+    logging.getLogger("flux_async").setLevel(logging.CRITICAL)
+    try:
+        anyio.run(main)
+    finally:
+        logging.getLogger("flux_async").setLevel(logging.NOTSET)
