@@ -157,3 +157,12 @@ async def test_within_bounds_work_by_the_clock() -> None:
             await anyio.lowlevel.checkpoint()
         clock.advance(5.0)
     assert isinstance(outcome[0], TimeoutError)
+
+
+def test_limits_out_of_range_are_refused() -> None:
+    from flux_async import AsyncFlux, ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="max_reply_bytes and max_image_bytes"):
+        AsyncFlux(api_key="sim-fake-key-bounds", max_reply_bytes=10)
+    with pytest.raises(ConfigurationError, match="max_reply_bytes and max_image_bytes"):
+        AsyncFlux(api_key="sim-fake-key-bounds", max_image_bytes=0)

@@ -8,6 +8,7 @@ from flux_async import (
     AsyncFlux,
     FluxError,
     GeneratedImage,
+    MalformedReplyError,
     Outcome,
     Task,
     TaskResult,
@@ -53,3 +54,18 @@ async def step_by_step() -> Path:
         task: Task = await flux.submit(request)
         result: TaskResult = await flux.wait(task)
         return await flux.save(result, "out/fox.jpeg")
+
+
+async def bounded() -> str | None:
+    async with AsyncFlux(max_reply_bytes=1 << 20, max_image_bytes=32 << 20) as flux:
+        try:
+            await flux.generate("a red fox", output_dir="out")
+        except MalformedReplyError as exc:
+            shown: tuple[str, str | None, str, bool] = (
+                exc.phase,
+                exc.field,
+                exc.raw,
+                exc.may_be_billed,
+            )
+            return shown[2]
+    return None
