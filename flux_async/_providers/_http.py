@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
 import anyio
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_REPLY_BYTES",
     "USER_AGENT",
     "Phase",
+    "Reply",
     "api_client",
     "download_client",
     "error_body",
@@ -102,7 +104,7 @@ _MAX_TEXT = 2000
 _MAX_DETAIL = 300
 
 
-def error_body(response: httpx.Response) -> Any:
+def error_body(response: Reply) -> Any:
     """Return the response body as JSON when it is JSON, else as (truncated) text."""
     try:
         return response.json()
@@ -139,7 +141,7 @@ def summarize_detail(body: Any) -> str:
 
 
 def error_for_response(
-    response: httpx.Response,
+    response: Reply,
     *,
     phase: Phase,
     task_id: str | None = None,
@@ -258,8 +260,8 @@ async def send_capped(
     headers: dict[str, str] | None = None,
     json: dict[str, Any] | None = None,
     timeout: httpx.Timeout | None = None,  # noqa: ASYNC109 - httpx's per-phase timeouts
-) -> httpx.Response:
-    """Send one API request and return its response with the body read, within bounds.
+) -> Reply:
+    """Send one API request and return its answer with the body read, within bounds.
 
     ``total`` real seconds (see :func:`total_time`) bound the whole exchange (connect, send,
     every byte of the answer), not each read alone: a server dripping a byte at a time
@@ -323,15 +325,20 @@ async def send_capped(
         )
     if response is None:  # pragma: no cover - exchange() ran to its end
         raise RuntimeError("no response")
-    kept = [
-        (name, value)
-        for name, value in response.headers.multi_items()
-        if name.lower() not in _BODY_FRAMING
-    ]
-    return httpx.Response(
-        response.status_code, headers=kept, content=b"".join(pieces), request=response.request
-    )
+    return Reply(response.status_code, response.headers, b"".join(pieces))
 
 
-# The rebuilt response holds the decoded body: these headers described the wire form.
-_BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A finished API answer: status, headers and the decoded body, read within bounds."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)

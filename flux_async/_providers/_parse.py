@@ -11,6 +11,7 @@ server's new or odd bookkeeping never fails a paid task.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any, TypeVar
@@ -63,10 +64,14 @@ def is_usable_url(value: str, *, allow_data: bool = False) -> bool:
     if is_data_url(value):
         # Its size was bounded with the reply that carried it (max_reply_bytes).
         return allow_data
-    if not value or len(value) > _MAX_URL_CHARS:
+    if not value or len(value) > _MAX_URL_CHARS or not value.isprintable() or " " in value:
         return False
-    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in value):
-        return False
+    return _parses_as_http_url(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parses_as_http_url(value: str) -> bool:
+    # Cached: a task's polling URL is checked again on every poll of it.
     try:
         parts = urlsplit(value)
         url = httpx.URL(value)

@@ -19,6 +19,7 @@ from ._base import ApiKey, ProviderPreset
 from ._http import (
     DEFAULT_MAX_REPLY_BYTES,
     Phase,
+    Reply,
     error_for_response,
     fail_malformed,
     send_capped,
@@ -100,7 +101,7 @@ class BFLProvider:
         task_id: str | None = None,
         json: dict[str, object] | None = None,
         read_timeout: httpx.Timeout | None = None,
-    ) -> httpx.Response:
+    ) -> Reply:
         headers = self._key_headers() if self.may_send_key(url) else {}
         # A submit may take the preset's request timeout (minutes on a relay); the others
         # the client's. Either bounds the whole exchange, not each read alone.
