@@ -102,7 +102,8 @@ class Simulator:
 
         ``duration`` in seconds (None: drawn from the model's latency); ``status`` is what
         it ends in: "Ready", "Request Moderated", "Content Moderated" (both refunded when
-        they end), "Error", "Failed", any other string (answered forever once the
+        they end), "Error", "Failed" (a fault for tests: BFL's examples show it, but it is not
+        in the document's status enum), any other string (answered forever once the
         duration has passed), or "Task not found" (answered from the first poll on).
         ``progress=False`` leaves Pending's ``progress`` null; ``cost`` overrides the price.
         """

@@ -121,6 +121,10 @@ async def _answer(sim: Simulator, request: Request, body: Any) -> tuple[Response
     model = body.get("model")
     if not isinstance(model, str) or model not in config.models:
         return _bad(f"The model `{model}` does not exist.", "model_not_found"), None
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        # The relays document ``prompt`` as required, as OpenAI's images API does.
+        return _bad("prompt is required and must not be blank."), None
     if body.get("n", 1) != 1:
         return _bad("n must be 1 for this model."), None
     reply_format = body.get("response_format") or config.openai_response
