@@ -24,8 +24,8 @@ def test_every_relative_link_names_a_file(page: Path) -> None:
     for target in LINK.findall(page.read_text(encoding="utf-8")):
         if "://" in target or target.startswith("mailto:"):
             continue
-        if page.parent.name == "docs" and target.startswith("reference/"):
-            continue  # generated at build time by docs/hooks.py
+        if (page.parent / target).resolve() == ROOT / "docs" / "reference" / "cli.md":
+            continue  # generated at build time by tools/docs_hooks.py
         assert (page.parent / target).is_file(), f"{page.name} links {target}"
 
 
