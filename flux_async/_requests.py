@@ -341,6 +341,26 @@ def build_request(model: str, prompt: str | None = None, /, **fields: Any) -> Ba
 
     Raises :class:`~flux_async.ConfigurationError` for an unknown model and
     :class:`~flux_async.ValidationError` listing every rule broken.
+
+    Args:
+        model: A model of the catalog (``flux_async.MODELS``).
+        prompt: The text prompt.
+        **fields: The model's request fields (``width``, ``seed``, ``input_image`` ...).
+
+    Returns:
+        An instance of the model's request class; ``to_body()`` is what is sent.
+
+    Raises:
+        ConfigurationError: ``model`` is not in the catalog (with a "did you mean").
+        ValidationError: A field breaks a rule; ``errors`` lists every ``(field, rule)``.
+
+    Examples:
+        ```python
+        request = build_request("flux-2-pro", "a red fox", width=1024, height=768)
+        request.to_body()  # {'prompt': 'a red fox', 'width': 1024, 'height': 768}
+        build_request("flux-2-pro", "a red fox", width=1000)
+        # ValidationError: width: must be a multiple of 16 for flux-2-pro (got 1000)
+        ```
     """
     from ._catalog import get_model  # here, not at the top: the catalog imports this module
 
@@ -359,6 +379,22 @@ def validate_request(request: BaseRequest) -> BaseRequest:
 
     Catches what construction cannot: an unknown ``model``, a model of another family,
     or an instance made with ``model_construct`` that skipped validation.
+
+    Args:
+        request: A request instance, however it was made.
+
+    Returns:
+        The request, validated again.
+
+    Raises:
+        ConfigurationError: Its model is not in the catalog.
+        ValidationError: It breaks a rule, or its class is not the model's.
+
+    Examples:
+        ```python
+        request = Flux2Request(model="flux-2-pro", prompt="a red fox")
+        validate_request(request)
+        ```
     """
     from ._catalog import get_model  # here, not at the top: the catalog imports this module
 
