@@ -88,13 +88,14 @@ def run_batch_command(
     if summary is None:
         _say(f"interrupted; the reports are in {args.out}; re-run the same command to resume")
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    code = summary.exit_code
+    if terminated and code == EXIT_INTERRUPTED:
+        code = EXIT_TERMINATED
     if args.json:
-        print(json.dumps(summary.as_dict()), flush=True)
+        print(json.dumps({**summary.as_dict(), "exit_code": code}), flush=True)
     else:
         _print_summary(summary)
-    if terminated and summary.exit_code == EXIT_INTERRUPTED:
-        return EXIT_TERMINATED
-    return summary.exit_code
+    return code
 
 
 def _holds_nothing(prompts: Path) -> bool:

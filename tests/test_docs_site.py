@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -85,3 +86,20 @@ def test_sphinx_roles_are_tidied_in_rendered_docstrings() -> None:
     assert hooks().tidy_roles(html) == (
         "Raises <code>ConfigurationError</code> or <code>wait</code>"
     )
+
+
+def build_request_examples() -> list[str]:
+    source = (ROOT / "flux_async" / "_requests.py").read_text(encoding="utf-8")
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", source, re.DOTALL)]
+    return [b for b in blocks if b.startswith("build_request(") and b.count("build_request(") == 1]
+
+
+@pytest.mark.parametrize("code", build_request_examples())
+def test_each_request_class_example_builds_that_class(code: str) -> None:
+    request = eval(code, {"build_request": flux_async.build_request})  # noqa: S307
+    assert isinstance(request, flux_async.BaseRequest)
+    assert request.model in code
+
+
+def test_every_request_class_has_an_example() -> None:
+    assert len(build_request_examples()) == 9
