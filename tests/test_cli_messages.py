@@ -6,6 +6,7 @@ run as real ``python -m flux_async`` subprocesses, where a traceback would show.
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flux_async import __version__
-from flux_async._cli import main
+from flux_async._cli import build_parser, main
 
 FAST = ["--simulate", "--sim-speed", "300", "--no-progress"]
 UPSAMPLING = (
@@ -48,6 +49,8 @@ def run(argv: list[str]) -> int:
 
 
 BAD = [
+    ([], "flux-async: error: the following arguments are required: command"),
+    (["frobnicate"], "flux-async: error: argument command: invalid choice: 'frobnicate'"),
     (["generate", "a fox"], NO_KEY),
     (
         ["batch", "p.txt", "--out", "o", "--max-cost", "abc"],
@@ -137,7 +140,9 @@ def test_bad_invocation_says_one_thing_and_exits_2(
     assert run(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert message.format(tmp=workdir) in captured.err
+    # The message is a whole line of stderr (or, for long lists, its start).
+    expected = message.format(tmp=workdir)
+    assert any(line.startswith(expected) for line in captured.err.splitlines()), captured.err
     assert "Traceback" not in captured.err
     assert "_credits" not in captured.err
     assert "api_key=" not in captured.err
@@ -261,3 +266,34 @@ def test_sigterm_stops_the_simulator_with_143() -> None:
     assert process.returncode == 143
     assert "terminated (SIGTERM)" in err
     assert "Traceback" not in err
+
+
+def every_checked_option() -> list[tuple[str, str]]:
+    """Return ``(command, option)`` for every option whose value is checked by argparse."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found = []
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.option_strings and (action.type not in (None, str) or action.choices):
+                found.append((name, action.option_strings[-1]))
+    return found
+
+
+POSITIONAL = {"generate": ["a fox"], "batch": ["p.txt", "--out", "o"], "simulate": []}
+
+
+@pytest.mark.parametrize(("command", "option"), every_checked_option())
+def test_every_checked_option_refuses_nonsense_in_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str], command: str, option: str
+) -> None:
+    assert run([command, *POSITIONAL[command], option, "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: flux-async {command}")
+    last = err.splitlines()[-1]
+    assert last.startswith(f"flux-async {command}: error: argument {option}: ")
+    assert "expected " in last or "invalid choice" in last or "unknown model" in last, last
+    assert "Traceback" not in err
+    # No internal (snake_case) function name such as "_credits" in what the user reads.
+    said = last.split(": ", 3)[-1].split(" (got")[0].replace("b64_json", "")
+    assert "_" not in said, said
