@@ -53,7 +53,8 @@ def run_batch_command(
         _say(f"error: {prompts}: no such prompt file")
         return EXIT_USAGE
     if _holds_nothing(prompts):
-        _say(f"error: {prompts} holds no prompts (only blank lines or # comments); nothing to do")
+        why = " (only blank lines or # comments)" if prompts.suffix.lower() == ".txt" else ""
+        _say(f"error: {prompts} holds no prompts{why}; nothing to do")
         return EXIT_USAGE
     signals: list[signal.Signals] = []
     try:

@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -214,19 +214,17 @@ async def _simulate(args: argparse.Namespace) -> int:
 
     config = SimulatorConfig(openai_response=args.response_format)
     simulator = Simulator(config, clock=ScaledClock(args.speed))
-    listening = serve(simulator, host=args.host, port=args.port)
-    try:
-        base_url = await listening.__aenter__()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        print(f"error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
+    async with AsyncExitStack() as stack:
+        try:
+            listening = serve(simulator, host=args.host, port=args.port)
+            base_url = await stack.enter_async_context(listening)
+        except OSError as exc:  # only binding: nothing else runs inside the try
+            reason = exc.strerror or str(exc)
+            print(f"error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"simulator listening on {base_url}", flush=True)
         print(f"use: --base-url {base_url} --api-key {FAKE_API_KEY}", flush=True)
         await anyio.sleep_forever()
-    finally:
-        await listening.__aexit__(None, None, None)
     return EXIT_OK  # pragma: no cover - only reached by cancellation
 
 

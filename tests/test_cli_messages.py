@@ -170,6 +170,13 @@ def test_an_unknown_model_in_a_batch_file_gets_a_did_you_mean(
     assert "m.jsonl:1: model: unknown model 'flux-2-maxx' (did you mean 'flux-2-max'?)" in err
 
 
+def test_an_empty_csv_says_so_too(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "e.csv").write_text("prompt,width\n", encoding="utf-8")
+    assert run(["batch", "e.csv", "--out", "o", *FAST]) == 2
+    assert capsys.readouterr().err == "error: e.csv holds no prompts; nothing to do\n"
+    assert not (workdir / "o").exists()
+
+
 def test_a_busy_port_names_the_address(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
