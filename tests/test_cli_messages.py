@@ -12,12 +12,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from flux_async import __version__
 from flux_async._cli import build_parser, main
+
+from .test_batch_resume import states
 
 FAST = ["--simulate", "--sim-speed", "300", "--no-progress"]
 UPSAMPLING = (
@@ -304,3 +307,32 @@ def test_every_checked_option_refuses_nonsense_in_one_line(
     # No internal (snake_case) function name such as "_credits" in what the user reads.
     said = last.split(": ", 3)[-1].split(" (got")[0].replace("b64_json", "")
     assert "_" not in said, said
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
+def test_sigterm_mid_batch_writes_the_reports_and_says_143_in_json(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"a paper boat number {n}\n" for n in range(6)), encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "flux_async", "batch", str(prompts), "--out", str(out)]
+    cmd += ["--simulate", "--sim-speed", "1", "--no-progress", "--json"]
+    with subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            deadline = time.monotonic() + 30
+            while states(out)["submitted"] < 1:  # real tasks take seconds at speed 1
+                assert time.monotonic() < deadline, "the batch never submitted"
+                assert process.poll() is None, "the batch ended before SIGTERM"
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            stdout, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+    assert process.returncode == 143, err
+    summary = json.loads(stdout)
+    assert (summary["exit_code"], summary["stopped"]) == (143, "interrupted")
+    assert "SIGTERM again to stop at once" in err
+    assert "Traceback" not in err
+    assert (out / "results.jsonl").is_file()
+    assert (out / "index.html").is_file()
