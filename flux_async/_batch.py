@@ -162,6 +162,15 @@ async def run_batch(
     :class:`BatchChangedError` (the input or settings changed since the last run),
     ``LedgerError`` (another run holds ``out``), ValueError (unsupported file type or
     settings) or OSError (``prompts`` unreadable). Items failing never raise.
+
+    Examples:
+        ```python
+        async with AsyncFlux() as flux:
+            summary = await run_batch(
+                flux, "prompts.txt", "out", model="flux-2-pro", defaults={"width": 512}
+            )
+        print(summary.ok, summary.failed, summary.spent, summary.exit_code)
+        ```
     """
     prompts, out = Path(prompts), Path(out)
     await _check_arguments(prompts, concurrency, max_cost)

@@ -2,14 +2,19 @@
 
 Ctrl-C once stops submitting, keeps generating tasks recorded for a later run, lets
 downloads finish, writes the reports and exits 130; Ctrl-C again stops at once (the
-reports are still written). Messages and the live display go to stderr; ``--json``
+reports are still written). SIGTERM does the same and exits 143 (128 + SIGTERM, as a
+process killed by it would), so a service manager or container runtime that stops the
+process gets the reports too. A prompt file without a single prompt is bad input
+(exit 2, nothing written). Messages and the live display go to stderr; ``--json``
 prints the summary on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -21,13 +26,16 @@ import anyio
 
 from ._batch import BatchChangedError, BatchInputError, BatchSummary, run_batch
 from ._batch_progress import BatchProgress, ProgressDisplay, format_duration
+from ._cli_checks import not_accepted
 from ._client import AsyncFlux
 from ._errors import ConfigurationError, FluxError, ValidationError
 from ._ledger import LedgerError
+from ._prompts import InputProblem, iter_prompt_file
 
 __all__ = ["run_batch_command"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+_NOT_ACCEPTED = re.compile(r"not accepted by (?P<model>\S+) \(accepted: ")
 
 OpenClient = Callable[..., AbstractAsyncContextManager[AsyncFlux]]
 
@@ -44,14 +52,19 @@ def run_batch_command(
     if not prompts.is_file():
         _say(f"error: {prompts}: no such prompt file")
         return EXIT_USAGE
+    if _holds_nothing(prompts):
+        why = " (only blank lines or # comments)" if prompts.suffix.lower() == ".txt" else ""
+        _say(f"error: {prompts} holds no prompts{why}; nothing to do")
+        return EXIT_USAGE
+    signals: list[signal.Signals] = []
     try:
-        summary = anyio.run(_run, args, open_client, fields)
+        summary = anyio.run(_run, args, open_client, fields, signals)
     except KeyboardInterrupt:
         _say("interrupted; re-run the same command to resume")
         return EXIT_INTERRUPTED
     except BatchInputError as exc:
-        for problem in exc.problems:
-            _say(str(problem))
+        for line in _problem_lines(exc.problems, fields):
+            _say(line)
         if exc.count > len(exc.problems):
             _say(f"... and {exc.count - len(exc.problems)} more problem(s)")
         hint = " (--skip-invalid records them as failed and runs the rest)"
@@ -72,18 +85,54 @@ def run_batch_command(
     except OSError as exc:
         _say(f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}")
         return EXIT_FAILED
+    terminated = bool(signals) and signals[0] == signal.SIGTERM
     if summary is None:
         _say(f"interrupted; the reports are in {args.out}; re-run the same command to resume")
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    code = summary.exit_code
+    if terminated and code == EXIT_INTERRUPTED:
+        code = EXIT_TERMINATED
     if args.json:
-        print(json.dumps(summary.as_dict()), flush=True)
+        print(json.dumps({**summary.as_dict(), "exit_code": code}), flush=True)
     else:
         _print_summary(summary)
-    return summary.exit_code
+    return code
+
+
+def _holds_nothing(prompts: Path) -> bool:
+    """True when the prompt file yields neither an item nor a problem (blocking, stops early)."""
+    try:
+        return next(iter(iter_prompt_file(prompts)), None) is None
+    except (OSError, ValueError):  # unreadable or unsupported: run_batch says which
+        return False
+
+
+def _problem_lines(problems: list[InputProblem], fields: dict[str, Any]) -> list[str]:
+    """Return the problems to show, an option the command line gave said once, not per line.
+
+    ``--prompt-upsampling`` with a model that does not take it breaks every item the same
+    way: one line names the option, the model, the lines, and that model's CLI options.
+    """
+    lines: list[str] = []
+    shared: dict[tuple[str, str], list[InputProblem]] = {}
+    for problem in problems:
+        match = _NOT_ACCEPTED.match(problem.rule)
+        if problem.field in fields and match is not None:
+            shared.setdefault((problem.field, match["model"]), []).append(problem)
+        else:
+            lines.append(str(problem))
+    for (name, model), group in shared.items():
+        where = ", ".join(str(p.line) for p in itertools.islice(group, 10))
+        more = " ..." if len(group) > 10 else ""
+        lines.append(f"{group[0].path}: lines {where}{more}: {not_accepted(name, model)}")
+    return lines
 
 
 async def _run(
-    args: argparse.Namespace, open_client: OpenClient, fields: dict[str, Any]
+    args: argparse.Namespace,
+    open_client: OpenClient,
+    fields: dict[str, Any],
+    signals: list[signal.Signals],
 ) -> BatchSummary | None:
     stop = anyio.Event()
     progress = BatchProgress()
@@ -94,7 +143,7 @@ async def _run(
         with anyio.CancelScope() as abort:
             async with anyio.create_task_group() as tg:
                 if sys.platform != "win32":
-                    tg.start_soon(_interrupts, stop, abort)
+                    tg.start_soon(_interrupts, stop, abort, signals)
                 display = _display(progress) if show else nullcontext()
                 try:
                     with display:
@@ -131,12 +180,16 @@ def _display(progress: BatchProgress) -> AbstractContextManager[object]:
         return nullcontext()
 
 
-async def _interrupts(stop: anyio.Event, abort: anyio.CancelScope) -> None:
-    """First SIGINT: a graceful stop. Second: cancel everything now."""
-    with anyio.open_signal_receiver(signal.SIGINT) as signals:
-        async for _ in signals:
+async def _interrupts(
+    stop: anyio.Event, abort: anyio.CancelScope, seen: list[signal.Signals]
+) -> None:
+    """First SIGINT or SIGTERM: a graceful stop. Second: cancel everything now."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            seen.append(signum)
             if not stop.is_set():
-                _say("Ctrl-C again to stop at once")
+                again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+                _say(f"{again} again to stop at once")
                 stop.set()
             else:
                 abort.cancel()

@@ -306,7 +306,8 @@ class BatchRunner:
             self.halt(
                 "budget",
                 f"stopped submitting: the next submit (about {estimate:g} credits) could take "
-                f"the spend past --max-cost {limit:g} (spent {self._costs.spent:g})",
+                f"the spend past --max-cost {limit:g} ({self._costs.spent:g} spent, "
+                f"{self._costs.reserved:g} reserved for tasks in progress)",
             )
             return None
         index = item.index

@@ -122,7 +122,23 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({spec.name: spec for spec in 
 
 
 def get_model(name: str) -> ModelSpec:
-    """Return the spec of model ``name``; raise ConfigurationError naming the known ones."""
+    """Return the spec of model ``name``; raise ConfigurationError naming the known ones.
+
+    Args:
+        name: A model's endpoint name, e.g. ``"flux-2-pro"``.
+
+    Returns:
+        Its accepted fields, reference-image limit, active-task limit and latency.
+
+    Raises:
+        ConfigurationError: ``name`` is not in the catalog; the message suggests the
+            closest known name ("did you mean 'flux-2-pro'?").
+
+    Examples:
+        ```python
+        get_model("flux-kontext-max").active_limit  # 6
+        ```
+    """
     try:
         return MODELS[name]
     except KeyError:

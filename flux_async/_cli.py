@@ -1,44 +1,63 @@
 """The ``flux-async`` command line: thin, over the public API.
 
 Exit status: 0 success, 1 a generation failed (for ``batch``: some item failed or was left
-pending), 2 bad usage or input, 130 interrupted.
+pending), 2 bad usage or input (found before anything is paid for), 130 interrupted by
+Ctrl-C (SIGINT), 143 stopped by SIGTERM. SIGTERM, how services and containers stop a
+process, is handled like Ctrl-C: ``batch`` stops submitting and writes its reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 
+from . import __version__
+from ._cli_checks import (
+    CLI_FIELDS,
+    credits,
+    model_name,
+    number,
+    port,
+    positive_int,
+    positive_number,
+    usage_problem,
+    whole_number,
+)
 from ._client import AsyncFlux
 from ._errors import ConfigurationError, FluxError, ValidationError
 from ._providers import PRESETS
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 # Request fields the command line offers, with their types; None values are not sent.
-REQUEST_OPTIONS: dict[str, type] = {
-    "width": int,
-    "height": int,
-    "seed": int,
+REQUEST_OPTIONS: dict[str, Any] = {
+    "width": whole_number,
+    "height": whole_number,
+    "seed": whole_number,
     "aspect_ratio": str,
     "output_format": str,
-    "steps": int,
-    "guidance": float,
-    "safety_tolerance": int,
+    "steps": whole_number,
+    "guidance": number,
+    "safety_tolerance": whole_number,
 }
 
 
 def _add_connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default="bfl", choices=sorted(PRESETS), help="provider preset")
-    p.add_argument("--base-url", help="override the provider's host (a proxy, a simulator)")
+    p.add_argument(
+        "--base-url",
+        help="replace the provider's whole base URL, path prefix included "
+        "(e.g. https://proxy.example/flux for dmxapi; a proxy, a simulator)",
+    )
     p.add_argument(
         "--api-key",
         help="API key (default: the provider's environment variable, e.g. BFL_API_KEY)",
@@ -50,14 +69,17 @@ def _add_connection_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sim-speed",
-        type=float,
+        type=positive_number,
         default=20.0,
-        help="with --simulate: how many times faster than real time the simulator runs",
+        help="with --simulate: how many times faster than real time the simulator runs "
+        "(default 20)",
     )
 
 
 def _add_request_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="flux-2-pro", help="model name (default flux-2-pro)")
+    p.add_argument(
+        "--model", default="flux-2-pro", type=model_name, help="model name (default flux-2-pro)"
+    )
     for name, kind in REQUEST_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     p.add_argument(
@@ -73,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flux-async", description="Generate images with FLUX, concurrently."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate one image")
@@ -94,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("prompts", help="prompt file: .txt (a prompt a line), .jsonl or .csv")
     bat.add_argument("--out", required=True, help="output folder (holds the images and ledger)")
     bat.add_argument(
-        "--concurrency", type=_positive_int, help="items in progress at once (default 2x24)"
+        "--concurrency", type=positive_int, help="items in progress at once (default 2x24)"
     )
     bat.add_argument(
         "--max-cost",
-        type=_credits,
+        type=credits,
         metavar="CREDITS",
         help="stop submitting before the folder's spend could exceed this (1 credit = $0.01)",
     )
@@ -125,29 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="serve the simulator on loopback")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--speed", type=float, default=1.0, help="time scale (1 = real time)")
+    sim.add_argument("--port", type=port, default=8765, help="TCP port (default 8765)")
+    sim.add_argument(
+        "--speed", type=positive_number, default=1.0, help="time scale (default 1 = real time)"
+    )
+    sim.add_argument(
+        "--response-format",
+        choices=("url", "b64_json"),
+        default="url",
+        help="how POST /v1/images/generations returns the image when the request does not "
+        "say (its response_format wins; default url)",
+    )
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _credits(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError("must be a number of credits >= 0")
-    return value
 
 
 def request_fields(args: argparse.Namespace) -> dict[str, Any]:
     """Return the request fields given on the command line (unset ones left out)."""
-    names = [*REQUEST_OPTIONS, "prompt_upsampling"]
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return {n: getattr(args, n) for n in CLI_FIELDS if getattr(args, n, None) is not None}
 
 
 @asynccontextmanager
@@ -193,27 +210,70 @@ async def _generate(args: argparse.Namespace) -> int:
 
 async def _simulate(args: argparse.Namespace) -> int:
     from ._clock import ScaledClock
-    from .testing import FAKE_API_KEY, Simulator, serve
+    from .testing import FAKE_API_KEY, Simulator, SimulatorConfig, serve
 
-    simulator = Simulator(clock=ScaledClock(args.speed))
-    async with serve(simulator, host=args.host, port=args.port) as base_url:
+    config = SimulatorConfig(openai_response=args.response_format)
+    simulator = Simulator(config, clock=ScaledClock(args.speed))
+    async with AsyncExitStack() as stack:
+        try:
+            listening = serve(simulator, host=args.host, port=args.port)
+            base_url = await stack.enter_async_context(listening)
+        except OSError as exc:  # only binding: nothing else runs inside the try
+            reason = exc.strerror or str(exc)
+            print(f"error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"simulator listening on {base_url}", flush=True)
         print(f"use: --base-url {base_url} --api-key {FAKE_API_KEY}", flush=True)
         await anyio.sleep_forever()
     return EXIT_OK  # pragma: no cover - only reached by cancellation
 
 
+async def _until_sigterm(runner: Any, args: argparse.Namespace) -> int:
+    """Run ``runner(args)``; SIGTERM cancels it, as Ctrl-C would, and gives 143."""
+    result = EXIT_TERMINATED
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        async def run() -> None:
+            nonlocal result, failure
+            try:
+                result = await runner(args)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped
+                # Raised inside the task group it would leave wrapped in an ExceptionGroup.
+                failure = exc
+            finally:
+                tg.cancel_scope.cancel()
+
+        if sys.platform != "win32":
+            tg.start_soon(watch)
+        tg.start_soon(run)
+    if failure is not None:
+        raise failure
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("generate", "batch"):
+        problem = usage_problem(args, request_fields(args))
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "batch":
         from ._batch_cli import run_batch_command
 
         return run_batch_command(args, open_client=open_client, fields=request_fields(args))
     runner = {"generate": _generate, "simulate": _simulate}[args.command]
     try:
-        return anyio.run(runner, args)
+        code = anyio.run(_until_sigterm, runner, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -228,3 +288,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}", file=sys.stderr
         )
         return EXIT_FAILED
+    if code == EXIT_TERMINATED:
+        print("terminated (SIGTERM)", file=sys.stderr)
+    return int(code)

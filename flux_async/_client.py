@@ -331,6 +331,27 @@ class AsyncFlux:
         held until the scheduler sees a terminal status. ``images`` (URLs, paths, bytes or
         data: URLs) fill the model's reference fields, replacing any the request has;
         files are read only now, just before sending.
+
+        Args:
+            request: A request built with ``build_request`` (or None, and fields).
+            images: Reference images, in order.
+            **fields: ``prompt=``, ``model=`` and request fields, when no request is given.
+
+        Returns:
+            The created task; pass it to ``wait``.
+
+        Raises:
+            ValidationError: The request breaks its model's rules (nothing was sent).
+            APIError: The server refused the submit.
+            AmbiguousSubmitError: The submit may have created (and billed) a task whose
+                id never came back; it is not sent again unless ``retry_ambiguous``.
+
+        Examples:
+            ```python
+            task = await flux.submit(prompt="a red fox", model="flux-2-pro")
+            result = await flux.wait(task)
+            path = await flux.save(result, "out")
+            ```
         """
         if request is not None:
             req = validate_request(request)
@@ -380,6 +401,16 @@ class AsyncFlux:
 
         A task this client did not submit (one recorded by an earlier run) is polled by its
         recorded ``polling_url`` and counted against the active-task limit until it ends.
+
+        Args:
+            task: A task from ``submit`` (or one recorded earlier).
+
+        Returns:
+            The result, with the signed URL of the image (valid for minutes: save it soon).
+
+        Raises:
+            TaskError: The task ended without an image (``ModerationError``,
+                ``GenerationError``, ``TaskNotFoundError``, ``TaskTimeoutError`` ...).
         """
         _, scheduler, _ = self._require_open()
         if not scheduler.is_registered(task.id):
@@ -391,6 +422,17 @@ class AsyncFlux:
 
         The extension comes from the output format or the content type when ``path`` has
         none. Bytes go to a temp file renamed into place only when complete.
+
+        Args:
+            result: A result from ``wait``.
+            path: A file path, or an existing folder (the file is named by the task id).
+
+        Returns:
+            The path of the saved file.
+
+        Raises:
+            ResultExpiredError: The signed URL expired before the download.
+            IncompleteDownloadError: The download ended early (no partial file is left).
         """
         return (await self._save_file(result, path)).path
 
@@ -440,6 +482,33 @@ class AsyncFlux:
 
         ``images`` are reference images for editing: URLs, local paths, bytes or data:
         URLs, in the order of the model's ``input_image`` fields.
+
+        Args:
+            prompt: The text prompt (optional only where the model allows it).
+            model: A model of the catalog (``flux_async.MODELS``).
+            output_dir: The folder the image is saved in (created if missing).
+            filename: The file name without extension (default: the task id).
+            images: Reference images, in order.
+            **fields: Any other request field of the model (``width``, ``seed`` ...).
+
+        Returns:
+            Where the image was saved, with its task id, seed and cost.
+
+        Raises:
+            ConfigurationError: An unknown model; the client is set up wrongly.
+            ValidationError: A field breaks the model's rules (nothing was sent).
+            APIError: The server refused the submit (``AuthenticationError``,
+                ``InsufficientCreditsError``, ``RateLimitError`` ...).
+            TaskError: The task ended without an image (``ModerationError``,
+                ``GenerationError``, ``TaskTimeoutError`` ...).
+            DownloadError: The image could not be saved.
+
+        Examples:
+            ```python
+            async with AsyncFlux() as flux:  # the key comes from BFL_API_KEY
+                image = await flux.generate("a red fox", width=1024, height=768, seed=7)
+                print(image.path, image.task_id, image.cost)
+            ```
         """
         fields.update(reference_placeholders(images, model=model, fields=fields))
         request = build_request(model, prompt, **fields)
@@ -485,6 +554,27 @@ class AsyncFlux:
         Items are prompts, mappings of request fields (``prompt``, ``model``, ...), or
         request models. ``defaults`` apply to every item; an item's own fields win.
         At most ``concurrency`` items are in progress (default: twice the active limit).
+
+        Args:
+            items: Prompts, mappings of request fields, or request models; an async
+                iterable is read as items are needed.
+            model: The model of items that do not name one.
+            output_dir: The folder every image is saved in.
+            concurrency: Items in progress at once.
+            **defaults: Request fields applied to every item.
+
+        Yields:
+            One ``Outcome`` per item, in finishing order: ``index``, ``ok``, ``path``,
+            ``error`` (the exception an item's failure would have raised).
+
+        Raises:
+            ClientClosedError: The client is not open.
+
+        Examples:
+            ```python
+            async for outcome in flux.generate_many(["a cat", "a dog"], output_dir="out"):
+                print(outcome.index, outcome.ok, outcome.path, outcome.error)
+            ```
         """
         self._require_open()
         if self._tg is None:
@@ -504,7 +594,12 @@ class AsyncFlux:
             scope.cancel()
 
     async def credits(self) -> float:
-        """Return the account's credit balance."""
+        """Return the account's credit balance (1 credit = US$0.01).
+
+        Raises:
+            ConfigurationError: The provider has no credits endpoint (the relays).
+            AuthenticationError: The key was refused.
+        """
         provider, _, _ = self._require_open()
         return await provider.credits()
 

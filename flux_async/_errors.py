@@ -70,7 +70,22 @@ _BODY_PREVIEW = 500
 
 
 class FluxError(Exception):
-    """Root of every error flux_async raises."""
+    """Root of every error flux_async raises.
+
+    ``message`` is the text without the task id; ``task_id`` names the task when there
+    is one (``str()`` shows both). The cause, when there is one, is chained as
+    ``__cause__``.
+
+    Examples:
+        ```python
+        try:
+            image = await flux.generate("a red fox")
+        except ValidationError as exc:  # nothing was sent: fix the field
+            print(exc.field, exc.rule)
+        except FluxError as exc:  # anything else flux_async raises
+            print(type(exc).__name__, exc.task_id, exc)
+        ```
+    """
 
     task_id: str | None
 

@@ -116,7 +116,17 @@ class Task(BaseModel):
 
 
 class TaskResult(BaseModel):
-    """A task that reached ``Ready``: what ``flux.wait()`` returns and ``flux.save()`` takes."""
+    """A task that reached ``Ready``: what ``flux.wait()`` returns and ``flux.save()`` takes.
+
+    ``sample_url`` is a signed URL that expires minutes after the task ended: save the
+    image soon (``flux.save``), and never log or store the URL.
+
+    Examples:
+        ```python
+        result = await flux.wait(await flux.submit(prompt="a red fox"))
+        path = await flux.save(result, "out")
+        ```
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -141,7 +151,17 @@ class TaskResult(BaseModel):
 
 
 class GeneratedImage(BaseModel):
-    """An image saved to disk: what ``flux.generate()`` returns."""
+    """An image saved to disk: what ``flux.generate()`` returns.
+
+    ``path`` is the saved file, ``cost`` the credits the server quoted, ``size`` its
+    bytes, ``prompt_used`` the prompt the server used (after upsampling).
+
+    Examples:
+        ```python
+        image = await flux.generate("a red fox", output_dir="out")
+        print(image.path, image.task_id, image.seed, image.cost)
+        ```
+    """
 
     model_config = ConfigDict(frozen=True)
 

@@ -195,7 +195,16 @@ class _Flux2Common(BaseRequest):
 
 
 class Flux2KleinRequest(_Flux2Common):
-    """``flux-2-klein-4b``, ``flux-2-klein-9b``, ``flux-2-klein-9b-preview``: up to 4 images."""
+    """``flux-2-klein-4b``, ``flux-2-klein-9b``, ``flux-2-klein-9b-preview``: up to 4 images.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-2-klein-4b", "a paper boat", width=512, height=512)
+        ```
+    """
 
     schema_name = "Flux2KleinInputs"
 
@@ -211,13 +220,31 @@ class _Flux2Wide(_Flux2Common):
 
 
 class Flux2Request(_Flux2Wide):
-    """``flux-2-pro``, ``flux-2-pro-preview``, ``flux-2-max``: up to 8 reference images."""
+    """``flux-2-pro``, ``flux-2-pro-preview``, ``flux-2-max``: up to 8 reference images.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-2-pro", "the cat, in a hat", input_image="https://example.com/cat.png")
+        ```
+    """
 
     schema_name = "Flux2Inputs"
 
 
 class Flux2FlexRequest(_Flux2Wide):
-    """``flux-2-flex``: FLUX.2 with ``steps``, ``guidance`` and ``prompt_upsampling``."""
+    """``flux-2-flex``: FLUX.2 with ``steps``, ``guidance`` and ``prompt_upsampling``.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-2-flex", "a shop sign", steps=50, guidance=4.5)
+        ```
+    """
 
     schema_name = "Flux2FlexInputs"
 
@@ -230,7 +257,18 @@ class Flux2FlexRequest(_Flux2Wide):
 
 
 class KontextRequest(BaseRequest):
-    """``flux-kontext-pro``, ``flux-kontext-max``: ``input_image`` (+ 3 experimental)."""
+    """``flux-kontext-pro``, ``flux-kontext-max``: ``input_image`` (+ 3 experimental).
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request(
+            "flux-kontext-pro", "make it night", input_image="https://example.com/a.png"
+        )
+        ```
+    """
 
     schema_name = "FluxKontextProInputs"
     reference_fields = _images(4)
@@ -266,7 +304,16 @@ class _ImagePromptRequest(BaseRequest):
 
 
 class FluxPro11Request(_ImagePromptRequest):
-    """``flux-pro-1.1``: 256-1440 pixels a side, multiples of 32."""
+    """``flux-pro-1.1``: 256-1440 pixels a side, multiples of 32.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-pro-1.1", "a red fox", width=1024, height=768)
+        ```
+    """
 
     schema_name = "FluxPro11Inputs"
 
@@ -275,7 +322,16 @@ class FluxPro11Request(_ImagePromptRequest):
 
 
 class FluxUltraRequest(_ImagePromptRequest):
-    """``flux-pro-1.1-ultra``: sized by ``aspect_ratio``; ``raw`` for a natural look."""
+    """``flux-pro-1.1-ultra``: sized by ``aspect_ratio``; ``raw`` for a natural look.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-pro-1.1-ultra", "a red fox", aspect_ratio="21:9", raw=True)
+        ```
+    """
 
     schema_name = "FluxUltraInput"
 
@@ -285,7 +341,16 @@ class FluxUltraRequest(_ImagePromptRequest):
 
 
 class FluxDevRequest(_ImagePromptRequest):
-    """``flux-dev``: 256-1440 pixels a side, multiples of 32; ``steps`` and ``guidance``."""
+    """``flux-dev``: 256-1440 pixels a side, multiples of 32; ``steps`` and ``guidance``.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-dev", "a red fox", steps=28, guidance=3.0)
+        ```
+    """
 
     schema_name = "FluxDevInputs"
 
@@ -311,7 +376,18 @@ class _EditRequest(BaseRequest):
 
 
 class FluxFillRequest(_EditRequest):
-    """``flux-pro-1.0-fill``: inpaint ``image`` where ``mask`` (or its alpha) is white."""
+    """``flux-pro-1.0-fill``: inpaint ``image`` where ``mask`` (or its alpha) is white.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request(
+            "flux-pro-1.0-fill", "a hat", image="https://a.example/i.png", mask="https://a.example/m.png"
+        )
+        ```
+    """
 
     schema_name = "FluxProFillInputs"
     image_fields = ("image", "mask")
@@ -323,7 +399,16 @@ _Margin = Annotated[int, Field(ge=0, le=2048)]
 
 
 class FluxExpandRequest(_EditRequest):
-    """``flux-pro-1.0-expand``: outpaint ``image`` by ``top``/``bottom``/``left``/``right`` px."""
+    """``flux-pro-1.0-expand``: outpaint ``image`` by ``top``/``bottom``/``left``/``right`` px.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-pro-1.0-expand", image="https://example.com/a.png", top=256)
+        ```
+    """
 
     schema_name = "FluxProExpandInputs"
 
@@ -341,6 +426,26 @@ def build_request(model: str, prompt: str | None = None, /, **fields: Any) -> Ba
 
     Raises :class:`~flux_async.ConfigurationError` for an unknown model and
     :class:`~flux_async.ValidationError` listing every rule broken.
+
+    Args:
+        model: A model of the catalog (``flux_async.MODELS``).
+        prompt: The text prompt.
+        **fields: The model's request fields (``width``, ``seed``, ``input_image`` ...).
+
+    Returns:
+        An instance of the model's request class; ``to_body()`` is what is sent.
+
+    Raises:
+        ConfigurationError: ``model`` is not in the catalog (with a "did you mean").
+        ValidationError: A field breaks a rule; ``errors`` lists every ``(field, rule)``.
+
+    Examples:
+        ```python
+        request = build_request("flux-2-pro", "a red fox", width=1024, height=768)
+        request.to_body()  # {'prompt': 'a red fox', 'width': 1024, 'height': 768}
+        build_request("flux-2-pro", "a red fox", width=1000)
+        # ValidationError: width: must be a multiple of 16 for flux-2-pro (got 1000)
+        ```
     """
     from ._catalog import get_model  # here, not at the top: the catalog imports this module
 
@@ -359,6 +464,22 @@ def validate_request(request: BaseRequest) -> BaseRequest:
 
     Catches what construction cannot: an unknown ``model``, a model of another family,
     or an instance made with ``model_construct`` that skipped validation.
+
+    Args:
+        request: A request instance, however it was made.
+
+    Returns:
+        The request, validated again.
+
+    Raises:
+        ConfigurationError: Its model is not in the catalog.
+        ValidationError: It breaks a rule, or its class is not the model's.
+
+    Examples:
+        ```python
+        request = Flux2Request(model="flux-2-pro", prompt="a red fox")
+        validate_request(request)
+        ```
     """
     from ._catalog import get_model  # here, not at the top: the catalog imports this module
 

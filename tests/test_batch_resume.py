@@ -212,8 +212,12 @@ async def test_sigkill_mid_submit_is_reported_possibly_billed_and_not_replayed(
         assert any(r["prompt"] not in sent for r in lost)  # the hung submit, never answered
 
 
-async def test_ctrl_c_stops_cleanly_exits_130_and_resumes(
-    tmp_path: Path, prompts_file: Path
+@pytest.mark.parametrize(
+    ("sig", "exit_code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143)],  # SIGTERM: how services stop a process
+)
+async def test_ctrl_c_or_sigterm_stops_cleanly_and_resumes(
+    tmp_path: Path, prompts_file: Path, sig: signal.Signals, exit_code: int
 ) -> None:
     sim = loopback_sim()
     for _ in range(4):
@@ -221,9 +225,10 @@ async def test_ctrl_c_stops_cleanly_exits_130_and_resumes(
     out = tmp_path / "out"
     async with serve(sim) as base:
         cmd = command(base, prompts_file, out, "--concurrency", "4")
-        code, err = await kill_when(cmd, lambda: states(out)["submitted"] >= 4, signal.SIGINT)
-        assert code == 130, err
+        code, err = await kill_when(cmd, lambda: states(out)["submitted"] >= 4, sig)
+        assert code == exit_code, err
         assert "stopping" in err
+        assert "Traceback" not in err
         left = states(out)
         assert left["submitting"] == 0
         assert left["submitted"] + left["ready"] >= 1  # kept for the next run

@@ -1,8 +1,8 @@
 """Every body we build is valid against BFL's own OpenAPI document.
 
-The document is a snapshot kept at ``tests/data/bfl-openapi.json`` so the tests do not
-depend on the ``shared/`` checkout; a drift test compares it with ``../shared`` when
-that is present.
+The document is the copy the simulator ships, ``flux_async/testing/bfl-openapi.json``, so
+the tests do not depend on the ``shared/`` checkout; a drift test compares it with
+``../shared`` when that is present.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from flux_async._errors import ValidationError
 from flux_async._requests import build_request
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC_PATH = ROOT / "tests" / "data" / "bfl-openapi.json"
+SPEC_PATH = ROOT / "flux_async" / "testing" / "bfl-openapi.json"
 SHARED_SPEC_PATH = ROOT.parent / "shared" / "specs" / "bfl-openapi.json"
 SPEC_URI = "urn:bfl-openapi"
 SPEC: dict[str, Any] = json.loads(SPEC_PATH.read_text(encoding="utf-8"))

@@ -434,6 +434,31 @@ async def test_the_simulated_relay_reads_sizes_and_answers_inline(
 
 
 @pytest.mark.parametrize(
+    ("default", "asked", "key"),
+    [("url", "b64_json", "b64_json"), ("b64_json", "url", "url"), ("b64_json", None, "b64_json")],
+)
+async def test_the_simulated_relay_honours_response_format(
+    default: str, asked: str | None, key: str
+) -> None:
+    sim = Simulator(SimulatorConfig(openai_response=default), clock=ScaledClock(1000.0))
+    body = {"model": "flux-2-pro", "prompt": "x"}
+    if asked is not None:
+        body["response_format"] = asked
+    answer = await sim_post(sim, body)
+    assert answer.status_code == 200
+    assert list(answer.json()["data"][0]) == [key, "seed"]
+
+
+async def test_the_simulated_relay_refuses_an_unknown_response_format() -> None:
+    sim = Simulator(SimulatorConfig(), clock=ScaledClock(1000.0))
+    answer = await sim_post(sim, {"model": "flux-2-pro", "prompt": "x", "response_format": "png"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == (
+        "response_format must be 'url' or 'b64_json', got 'png'."
+    )
+
+
+@pytest.mark.parametrize(
     ("outcome", "status", "error"),
     [("Content Moderated", 400, BadRequestError), ("Error", 500, AmbiguousSubmitError)],
 )

@@ -291,7 +291,12 @@ async def test_kontext_max_has_its_own_limit(sim: Simulator, client: httpx.Async
     ("model", "body", "loc", "kind"),
     [
         ("flux-2-pro", {}, ["body", "prompt"], "missing"),
-        ("flux-2-pro", {"prompt": ""}, ["body", "prompt"], "missing"),
+        (
+            "flux-2-pro",
+            {"prompt": "x", "safety_tolerance": 6},
+            ["body", "safety_tolerance"],
+            "less_than_equal",
+        ),
         ("flux-2-pro", {"prompt": "x", "width": 1000}, ["body", "width"], "multiple_of"),
         ("flux-2-pro", {"prompt": "x", "height": 32}, ["body", "height"], "greater_than_equal"),
         ("flux-2-pro", {"prompt": "x", "seed": "7"}, ["body", "seed"], "int_type"),

@@ -71,6 +71,27 @@ class Simulator:
     host). All randomness comes from RNGs seeded with ``config.seed``; all
     time from ``clock`` (``monotonic()`` for task timelines, ``time()`` for the wall
     times and URL expiries it reports).
+
+    Every submit body is validated against BFL's OpenAPI document (shipped as
+    ``flux_async/testing/bfl-openapi.json``) plus only the rules BFL's model pages state
+    beyond it (``_validation.DOCUMENTED_RULES``); a refusal is a 422 in FastAPI's shape.
+
+    Args:
+        config: Latencies, costs, limits, fault rates, relay dialects, webhooks.
+        clock: The clock the simulator runs on (default: the system clock).
+
+    Examples:
+        ```python
+        clock = ManualClock()
+        sim = Simulator(clock=clock)
+        async with AsyncFlux(
+            api_key=FAKE_API_KEY, base_url=sim.config.api_base,
+            transport=sim.transport(), clock=clock,
+        ) as flux:
+            ...
+        sim.plan_next(status="Content Moderated")  # script the next task
+        sim.inject("poll", status=503, times=2)  # two failing polls
+        ```
     """
 
     def __init__(
@@ -102,7 +123,8 @@ class Simulator:
 
         ``duration`` in seconds (None: drawn from the model's latency); ``status`` is what
         it ends in: "Ready", "Request Moderated", "Content Moderated" (both refunded when
-        they end), "Error", "Failed", any other string (answered forever once the
+        they end), "Error", "Failed" (a fault for tests: BFL's examples show it, but it is not
+        in the document's status enum), any other string (answered forever once the
         duration has passed), or "Task not found" (answered from the first poll on).
         ``progress=False`` leaves Pending's ``progress`` null; ``cost`` overrides the price.
         """

@@ -5,8 +5,9 @@ the body names the model and prompt, and the size as ``size`` (pixels "WxH" or a
 such as "16x9") or ``width``/``height``; the call returns once the image exists (the
 handler sleeps the task's drawn duration on the simulator's clock, holding the key's
 active slot meanwhile) with ``data[0].url``, a signed delivery URL, or ``data[0].b64_json``,
-the image itself (``SimulatorConfig.openai_response``). A field the relays do not
-document is refused, so a client that sends one is caught.
+the image itself: the request's ``response_format`` decides, else
+``SimulatorConfig.openai_response`` (``flux-async simulate --response-format``). A field
+the relays do not document is refused, so a client that sends one is caught.
 
 Errors come in OpenAI's shape, ``{"error": {"message", "type", "code"}}``: 401 for a
 missing or wrong Bearer token, 400 for a bad request (BFL's 422 becomes 400), 402 out of
@@ -120,8 +121,16 @@ async def _answer(sim: Simulator, request: Request, body: Any) -> tuple[Response
     model = body.get("model")
     if not isinstance(model, str) or model not in config.models:
         return _bad(f"The model `{model}` does not exist.", "model_not_found"), None
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        # The relays document ``prompt`` as required, as OpenAI's images API does.
+        return _bad("prompt is required and must not be blank."), None
     if body.get("n", 1) != 1:
         return _bad("n must be 1 for this model."), None
+    reply_format = body.get("response_format") or config.openai_response
+    if reply_format not in ("url", "b64_json"):
+        message = f"response_format must be 'url' or 'b64_json', got {reply_format!r}."
+        return _bad(message, "invalid_value"), None
     for name in _IMAGES:
         value = body.get(name)
         if value is not None and not (
@@ -145,7 +154,7 @@ async def _answer(sim: Simulator, request: Request, body: Any) -> tuple[Response
     if task.outcome != Status.READY:
         message = f"The image could not be generated ({task.outcome})."
         return _error(500, message, "server_error", "generation_failed"), task_id
-    if config.openai_response == "b64_json":
+    if reply_format == "b64_json":
         image = render(task.output_format, task.width, task.height, task.seed, config.image_bytes)
         item: dict[str, Any] = {"b64_json": base64.b64encode(b"".join(image.chunks())).decode()}
     else:

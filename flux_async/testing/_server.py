@@ -54,6 +54,26 @@ async def serve(sim: Servable, host: str = "127.0.0.1", port: int = 0) -> AsyncI
     for the same server, as BFL's polling hosts differ from its submit host. On exit the
     server stops (at most about a second for connections still busy), the three bases
     are restored, and no task or socket is left behind.
+
+    Args:
+        sim: The simulator to serve.
+        host: A loopback address to listen on.
+        port: The TCP port; 0 lets the system choose a free one.
+
+    Yields:
+        The base URL, e.g. ``http://127.0.0.1:54321``.
+
+    Raises:
+        OSError: The address cannot be bound (the port is in use, or not allowed).
+        ImportError: uvicorn is missing (it comes with the ``cli`` extra).
+
+    Examples:
+        ```python
+        sim = Simulator()
+        async with serve(sim) as base_url:
+            async with AsyncFlux(api_key=FAKE_API_KEY, base_url=base_url) as flux:
+                image = await flux.generate("a red fox", output_dir="out")
+        ```
     """
     server = _server(sim)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -30,7 +30,23 @@ _IN_PROCESS = Link(in_process=True)
 
 
 class SimulatorTransport(httpx.AsyncBaseTransport):
-    """Send each request straight to a :class:`Simulator`, whatever its host."""
+    """Send each request straight to a :class:`Simulator`, whatever its host.
+
+    No socket is opened: the request goes to the simulator's ASGI app in process, so
+    a test needs no port and no network. Get one with ``Simulator.transport()``.
+
+    Args:
+        simulator: The simulator that answers every request.
+
+    Examples:
+        ```python
+        sim = Simulator()
+        async with httpx.AsyncClient(
+            transport=sim.transport(), base_url=sim.config.api_base
+        ) as client:
+            reply = await client.get("/v1/credits", headers={"x-key": FAKE_API_KEY})
+        ```
+    """
 
     def __init__(self, simulator: Simulator) -> None:
         self._simulator = simulator
