@@ -408,7 +408,8 @@ class BatchRunner:
                 # The downloader adds an extension only to a name without a suffix.
                 stem += extension_for(result.task.output_format, None)
             try:
-                saved = await self._flux._save_file(result, self._out / stem)
+                # The ledger owns the folder's names: a re-download replaces its own file.
+                saved = await self._flux._save_file(result, self._out / stem, overwrite=True)
             except FluxError as exc:
                 await self._fail(item, exc, billed=True)
                 return

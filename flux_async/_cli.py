@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate one image")
     gen.add_argument("prompt")
     gen.add_argument("--out", default=".", help="output folder (default: current folder)")
-    gen.add_argument("--name", help="file name without extension (default: the task id)")
+    gen.add_argument(
+        "--name",
+        help="plain file name without extension (default: the task id made safe); "
+        "an existing file is never replaced (NAME-1.jpeg, ...)",
+    )
     gen.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_request_options(gen)
     _add_connection_options(gen)

@@ -7,7 +7,8 @@ active-task slot until the scheduler sees it end, whoever waits for it.
 ``AsyncFlux(on_cancel=...)`` says what becomes of its image:
 
 - ``"orphan"`` (the default): the image is saved when the task is ready, to
-  ``orphan_dir`` (as ``<task id>.<ext>``) or else where the caller asked for it, and
+  ``orphan_dir`` (as ``<task id made safe>.<ext>``, see ``_paths.task_stem``; never
+  replacing a file) or else where the caller asked for it, and
   ``on_orphan(image)`` is called with the :class:`GeneratedImage`. Never silently lost.
 - ``"abandon"``: the image is not downloaded (a warning names the task).
 
@@ -35,6 +36,7 @@ from ._clock import Clock
 from ._errors import ConfigurationError, FluxError
 from ._events import EventEmitter, TaskOrphaned
 from ._models import GeneratedImage, Task, TaskResult
+from ._paths import task_stem
 
 __all__ = ["OnCancel", "OrphanHook", "OrphanKeeper", "OrphanStatistics", "WorkTracker"]
 
@@ -186,7 +188,8 @@ class OrphanKeeper:
                 return
             if result is None or self._save is None:
                 return
-            target = self.orphan_dir / task.id if self.orphan_dir is not None else dest
+            # The id is the server's string: only its sanitised form names a file.
+            target = self.orphan_dir / task_stem(task.id) if self.orphan_dir is not None else dest
             path = await self._save(result, target)
             self._saved += 1
             image = GeneratedImage(
