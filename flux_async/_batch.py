@@ -144,6 +144,7 @@ async def run_batch(
     retry_failed: bool = False,
     retry_ambiguous: bool = False,
     accept_changes: bool = False,
+    allow_any_image_path: bool = False,
     stop: anyio.Event | None = None,
     progress: BatchProgress | None = None,
     notify: Callable[[str], None] | None = None,
@@ -157,6 +158,9 @@ async def run_batch(
     ``stop`` stops submitting, leaves generating tasks recorded for a later run, lets
     downloads finish and returns (``stopped == "interrupted"``). ``notify`` receives
     one-line messages for the user; ``progress`` is updated as the run goes.
+    An item's ``images`` files must lie inside the prompt file's folder (symlinks
+    resolved) unless ``allow_any_image_path``; every entry gets the library's
+    reference-image checks before the first submit.
 
     Raises :class:`BatchInputError` (bad items, nothing submitted),
     :class:`BatchChangedError` (the input or settings changed since the last run),
@@ -185,7 +189,16 @@ async def run_batch(
     ran = False
     spent_at_start = 0.0
     try:
-        await _prepare(ledger, prompts, model, defaults, skip_invalid, accept_changes, say)
+        await _prepare(
+            ledger,
+            prompts,
+            model,
+            defaults,
+            skip_invalid,
+            accept_changes,
+            say,
+            allow_any_image_path=allow_any_image_path,
+        )
         ran = True
         await _reset_for_retry(ledger, retry_failed, retry_ambiguous, say)
         await anyio.to_thread.run_sync(_remove_stale_temp_files, out)
@@ -201,6 +214,7 @@ async def run_batch(
             costs=CostBook(max_cost, spent_at_start),
             progress=progress,
             notify=say,
+            allow_any_image_path=allow_any_image_path,
         )
         await runner.run(stop)
     finally:
@@ -266,6 +280,8 @@ async def _prepare(
     skip_invalid: bool,
     accept_changes: bool,
     say: Callable[[str], None],
+    *,
+    allow_any_image_path: bool = False,
 ) -> InputScan:
     """Scan the input into the ledger; refuse bad input or unaccepted changes.
 
@@ -288,6 +304,7 @@ async def _prepare(
             defaults=defaults,
             skip_invalid=skip_invalid,
             replace_changed="all" if accept_changes else "unstarted",
+            allow_any_image_path=allow_any_image_path,
         )
     if scan.file_problems or (scan.invalid_items and not skip_invalid):
         if not had_items:

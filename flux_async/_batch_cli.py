@@ -110,6 +110,7 @@ async def _run(
                             retry_failed=args.retry_failed,
                             retry_ambiguous=args.retry_ambiguous,
                             accept_changes=args.accept_changes,
+                            allow_any_image_path=args.allow_any_image_path,
                             stop=stop,
                             progress=progress,
                             notify=_say,

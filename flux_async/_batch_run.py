@@ -141,8 +141,10 @@ class BatchRunner:
         costs: CostBook,
         progress: BatchProgress,
         notify: Callable[[str], None],
+        allow_any_image_path: bool = False,
     ) -> None:
         self._flux = flux
+        self._allow_any_image_path = allow_any_image_path
         self._ledger = ledger
         self._prompts = prompts
         self._out = out
@@ -235,6 +237,7 @@ class BatchRunner:
                 model=self._model,
                 defaults=self._defaults,
                 base_dir=self._prompts.parent,
+                allow_any_image_path=self._allow_any_image_path,
             )
         except (ValueError, OSError) as exc:  # ValidationError, ConfigurationError, a file
             await self._ledger.mark_invalid([(item.index, str(exc))])

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let a changed input or changed options win over what the folder recorded",
     )
+    bat.add_argument(
+        "--allow-any-image-path",
+        action="store_true",
+        help="let items' images name files outside the prompt file's folder "
+        "(absolute paths, ../, symlinks leading out)",
+    )
     _add_request_options(bat)
     _add_connection_options(bat)
 
