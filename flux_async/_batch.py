@@ -34,6 +34,7 @@ from ._catalog import DEFAULT_ACTIVE_LIMIT
 from ._client import AsyncFlux
 from ._errors import FluxError
 from ._ledger import ItemState, Ledger
+from ._paths import prepare_folder
 from ._prompts import SUPPORTED_SUFFIXES, InputProblem
 from ._report import CONTACT_SHEET_NAME, RESULTS_NAME, write_contact_sheet, write_results_jsonl
 from ._runconfig import run_config_changes
@@ -85,7 +86,9 @@ class BatchSummary:
     ``ok``/``failed``/``pending`` count every item of the folder (earlier runs included);
     ``possibly_billed`` counts failures that may have cost credits with no task id to
     show for it; ``stopped`` says why submitting stopped early (``"budget"``,
-    ``"credits"``, ``"auth"``, ``"interrupted"``) or is None.
+    ``"credits"``, ``"auth"``, ``"disk"``, ``"interrupted"``) or is None;
+    ``not_saved`` counts finished images the disk refused this run (they stay ready:
+    a re-run saves them without a new submit).
     """
 
     total: int
@@ -102,6 +105,7 @@ class BatchSummary:
     results: Path
     contact_sheet: Path
     notices: tuple[str, ...] = field(default=())
+    not_saved: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -128,6 +132,7 @@ class BatchSummary:
             "contact_sheet": str(self.contact_sheet),
             "exit_code": self.exit_code,
             "notices": list(self.notices),
+            "not_saved": self.not_saved,
         }
 
 
@@ -164,8 +169,11 @@ async def run_batch(
 
     Raises :class:`BatchInputError` (bad items, nothing submitted),
     :class:`BatchChangedError` (the input or settings changed since the last run),
-    ``LedgerError`` (another run holds ``out``), ValueError (unsupported file type or
-    settings) or OSError (``prompts`` unreadable). Items failing never raise.
+    ``LedgerError`` (another run holds ``out``), ``LedgerFullError`` (the disk under
+    ``out`` filled up: the run stopped, the ledger is intact), ConfigurationError
+    (``out`` cannot be created or written; checked before anything else), ValueError
+    (unsupported file type or settings) or OSError (``prompts`` unreadable). Items
+    failing never raise; an image the disk refused leaves its item ``ready``.
     """
     prompts, out = Path(prompts), Path(out)
     await _check_arguments(prompts, concurrency, max_cost)
@@ -185,6 +193,7 @@ async def run_batch(
         "provider": flux.provider_name,
     }
     started = anyio.current_time()
+    await anyio.to_thread.run_sync(prepare_folder, out)
     ledger = await Ledger.open(out, run_config=config)
     ran = False
     spent_at_start = 0.0
@@ -221,9 +230,7 @@ async def run_batch(
         with anyio.CancelScope(shield=True):
             try:
                 if ran:
-                    await write_results_jsonl(ledger, out)
-                    title = f"flux-async batch: {prompts.name}"
-                    await write_contact_sheet(ledger, out, title=title)
+                    await _write_reports(ledger, out, prompts, say)
                     counts = await ledger.counts()
                     ambiguous = await ledger.ambiguous_count()
                     spent = await ledger.spent()
@@ -246,7 +253,19 @@ async def run_batch(
         results=out / RESULTS_NAME,
         contact_sheet=out / CONTACT_SHEET_NAME,
         notices=tuple(notices),
+        not_saved=progress.not_saved,
     )
+
+
+async def _write_reports(
+    ledger: Ledger, out: Path, prompts: Path, say: Callable[[str], None]
+) -> None:
+    """Write results.jsonl and index.html; a full disk skips them (the ledger has it all)."""
+    try:
+        await write_results_jsonl(ledger, out)
+        await write_contact_sheet(ledger, out, title=f"flux-async batch: {prompts.name}")
+    except OSError as exc:
+        say(f"could not write the reports in {out}: {exc.strerror or exc}; a re-run writes them")
 
 
 async def _check_arguments(prompts: Path, concurrency: int | None, max_cost: float | None) -> None:

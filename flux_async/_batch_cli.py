@@ -23,7 +23,7 @@ from ._batch import BatchChangedError, BatchInputError, BatchSummary, run_batch
 from ._batch_progress import BatchProgress, ProgressDisplay, format_duration
 from ._client import AsyncFlux
 from ._errors import ConfigurationError, FluxError, ValidationError
-from ._ledger import LedgerError
+from ._ledger import LedgerError, LedgerFullError
 
 __all__ = ["run_batch_command"]
 
@@ -63,6 +63,9 @@ def run_batch_command(
             _say(f"  {change}")
         _say("nothing was submitted; use another --out, or --accept-changes to let the new win")
         return EXIT_USAGE
+    except LedgerFullError as exc:
+        _say(f"stopped: {exc}")
+        return EXIT_FAILED
     except (LedgerError, ValidationError, ConfigurationError, ValueError) as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
@@ -163,6 +166,11 @@ def _print_summary(summary: BatchSummary) -> None:
         _say("the account is out of credits: top it up and re-run the same command")
     elif summary.stopped == "auth":
         _say("the API key was refused: fix it and re-run the same command")
+    elif summary.stopped == "disk":
+        _say(
+            f"the disk refused {summary.not_saved} finished image(s); they are kept as ready: "
+            f"free space in {summary.out} and re-run the same command (no new submit)"
+        )
     elif summary.failed:
         _say("--retry-failed runs the failed items again")
     _say(f"results: {summary.results}  contact sheet: {summary.contact_sheet}")

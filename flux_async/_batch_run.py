@@ -37,9 +37,10 @@ from ._errors import (
     FluxError,
     InsufficientCreditsError,
     ModerationError,
+    StorageError,
 )
 from ._filenames import output_stem
-from ._ledger import ItemState, Ledger, LedgerItem
+from ._ledger import ItemState, Ledger, LedgerFullError, LedgerItem
 from ._models import Task, TaskResult
 from ._requests import BaseRequest
 
@@ -168,7 +169,20 @@ class BatchRunner:
         self._clock: Clock = flux.clock
 
     async def run(self, stop: anyio.Event | None) -> None:
-        """Run until every job is done, submitting stopped, or ``stop`` was set."""
+        """Run until every job is done, submitting stopped, or ``stop`` was set.
+
+        Raises :class:`LedgerFullError` (bare, not in an ExceptionGroup) when the disk
+        under the ledger filled up: the run stops at once, the ledger as last committed.
+        """
+        try:
+            await self._run(stop)
+        except BaseExceptionGroup as group:
+            full = group.subgroup(LedgerFullError)
+            if full is None:
+                raise
+            raise _first_leaf(full) from None
+
+    async def _run(self, stop: anyio.Event | None) -> None:
         async with anyio.create_task_group() as outer:
             if stop is not None:
                 outer.start_soon(self._watch, stop)
@@ -413,6 +427,9 @@ class BatchRunner:
             try:
                 # The ledger owns the folder's names: a re-download replaces its own file.
                 saved = await self._flux._save_file(result, self._out / stem, overwrite=True)
+            except StorageError as exc:
+                self._not_saved(exc)
+                return
             except FluxError as exc:
                 await self._fail(item, exc, billed=True)
                 return
@@ -450,6 +467,19 @@ class BatchRunner:
             )
         return f"{stem}-{item.index:0{digits}d}" if clash else stem
 
+    def _not_saved(self, exc: StorageError) -> None:
+        """Leave the item ``ready`` (paid, image still on the server) and stop submitting.
+
+        Not ``failed``: a plain re-run re-polls it for a fresh URL and saves it with no
+        new submit, and ``--retry-failed`` never pays for it again.
+        """
+        self._progress.not_saved += 1
+        self.halt(
+            "disk",
+            f"stopped submitting: {exc}. Free space in {self._out} and re-run the same "
+            "command: finished images are fetched again without a new submit",
+        )
+
     async def _fail(self, item: LedgerItem, exc: FluxError, *, billed: bool) -> None:
         await self._ledger.mark_failed(item.index, reason=str(exc), may_be_billed=billed)
         self._progress.failed += 1
@@ -476,3 +506,8 @@ def _existing_output(out: Path, stem: str, since: float) -> Path | None:
         if info.st_mtime >= since and info.st_size > 0:
             return candidate
     return None
+
+
+def _first_leaf(group: BaseExceptionGroup[LedgerFullError]) -> LedgerFullError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
