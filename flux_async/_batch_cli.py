@@ -24,6 +24,7 @@ from ._batch_progress import BatchProgress, ProgressDisplay, format_duration
 from ._client import AsyncFlux
 from ._errors import ConfigurationError, FluxError, ValidationError
 from ._ledger import LedgerError, LedgerFullError
+from ._report import strip_control
 
 __all__ = ["run_batch_command"]
 
@@ -33,7 +34,8 @@ OpenClient = Callable[..., AbstractAsyncContextManager[AsyncFlux]]
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # Messages quote prompts and server text: no escape sequence reaches the terminal.
+    print(strip_control(message), file=sys.stderr, flush=True)
 
 
 def run_batch_command(

@@ -31,6 +31,7 @@ from ._batch_progress import BatchProgress
 from ._catalog import DEFAULT_ACTIVE_LIMIT, MODELS
 from ._client import AsyncFlux
 from ._clock import Clock
+from ._data_urls import is_data_url, shown_data_url
 from ._download import extension_for, result_deadline
 from ._errors import (
     AuthenticationError,
@@ -417,9 +418,11 @@ class BatchRunner:
             deadline = result_deadline(
                 result.sample_url, end_time=result.end_time, now=self._clock.time()
             )
-            await self._ledger.mark_ready(
-                item.index, sample_url=result.sample_url, deadline=deadline
-            )
+            # A relay's inline (b64_json) image is not stored a second time in the ledger:
+            # nothing reads it back (a re-run re-polls), so only its header and length.
+            url = result.sample_url
+            stored = shown_data_url(url) if is_data_url(url) else url
+            await self._ledger.mark_ready(item.index, sample_url=stored, deadline=deadline)
             stem = await self._stem(item)
             if "." in stem:
                 # The downloader adds an extension only to a name without a suffix.

@@ -18,6 +18,7 @@ import anyio
 from ._client import AsyncFlux
 from ._errors import ConfigurationError, FluxError, ValidationError
 from ._providers import PRESETS
+from ._report import strip_control
 
 __all__ = ["build_parser", "main"]
 
@@ -197,7 +198,7 @@ async def _generate(args: argparse.Namespace) -> int:
         print(json.dumps(image.model_dump(mode="json")))
     else:
         seed = f", seed {image.seed}" if image.seed is not None else ""
-        print(f"saved {image.path} (task {image.task_id}{seed})")
+        print(strip_control(f"saved {image.path} (task {image.task_id}{seed})"))
     return EXIT_OK
 
 
@@ -228,10 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValidationError, ConfigurationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {strip_control(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except FluxError as exc:
-        print(f"failed: {exc}", file=sys.stderr)
+        # A server's detail is quoted in the message: strip any escape sequence first.
+        print(f"failed: {strip_control(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:
         print(

@@ -31,6 +31,7 @@ __all__ = [
     "relative_path",
     "result_record",
     "result_status",
+    "strip_control",
     "write_contact_sheet",
     "write_results_jsonl",
 ]
@@ -38,6 +39,27 @@ __all__ = [
 RESULTS_NAME = "results.jsonl"
 CONTACT_SHEET_NAME = "index.html"
 _URL = re.compile(r"https?://[^\s'\"<>]+")
+# C0 and C1 controls (ESC sequences, BEL, NUL), DEL, and the invisible format characters
+# that reorder or hide text (bidi overrides and isolates, zero-width marks).
+_CONTROL = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]"
+)
+_BREAKS = re.compile(r"[\t\n\r]+")
+
+
+def strip_control(text: str, limit: int | None = None) -> str:
+    """Return ``text`` safe for a terminal, a report or a log line.
+
+    Control and escape characters and invisible bidi/zero-width marks are removed, line
+    breaks and tabs become one space (nobody else's text can forge a line of ours), and
+    the result is cut to ``limit`` characters (with ``...``) when one is given.
+    """
+    text = _CONTROL.sub("", _BREAKS.sub(" ", text))
+    if limit is not None and len(text) > limit:
+        return text[: max(limit - 3, 0)] + "..."
+    return text
+
+
 _BUFFER_CHARS = 1 << 16
 
 
@@ -84,6 +106,10 @@ def _scrub_urls(text: str | None) -> str | None:
     return None if text is None else _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
+def _clean(text: str | None) -> str | None:
+    return None if text is None else strip_control(text)
+
+
 def result_record(item: LedgerItem, directory: Path) -> dict[str, Any]:
     """Return the ``results.jsonl`` object of one item (no URL is included)."""
     return {
@@ -95,12 +121,12 @@ def result_record(item: LedgerItem, directory: Path) -> dict[str, Any]:
         "task_id": item.task_id,
         "seed": item.seed,
         "cost": item.cost,
-        "error": _scrub_urls(item.error),
+        "error": _clean(_scrub_urls(item.error)),
         "may_be_billed": item.may_be_billed,
         "name": item.name,
         "model": item.model,
         "sha256": item.sha256,
-        "prompt_used": item.prompt_used,
+        "prompt_used": _clean(item.prompt_used),
     }
 
 
@@ -156,13 +182,13 @@ def _number(value: float | None) -> str:
 def _card(item: LedgerItem, directory: Path) -> str:
     status = result_status(item)
     esc = html.escape
-    prompt = esc(item.prompt or "")
+    prompt = esc(strip_control(item.prompt or ""))
     rel = relative_path(item.path, directory)
     if status == "ok" and rel is not None:
         href = esc(quote(rel, safe="/"))
         picture = (
             f'<a href="{href}"><img loading="lazy" decoding="async" src="{href}" '
-            f'alt="{esc((item.prompt or "")[:200])}"></a>'
+            f'alt="{esc(strip_control(item.prompt or "", 200))}"></a>'
         )
     else:
         picture = f'<div class="blank">{esc(item.state.value)}</div>'
@@ -182,7 +208,8 @@ def _card(item: LedgerItem, directory: Path) -> str:
     ]
     if status == "failed":
         billed = " (may have been billed)" if item.may_be_billed else ""
-        lines.append(f'<p class="error">{esc(_scrub_urls(item.error) or "failed")}{billed}</p>')
+        error = _clean(_scrub_urls(item.error)) or "failed"
+        lines.append(f'<p class="error">{esc(error)}{billed}</p>')
     lines.append("</figcaption></figure>\n")
     return "\n".join(line for line in lines if line)
 
