@@ -37,7 +37,7 @@ from ._limits import ActiveTaskLimiter, Slot
 from ._many import Item, run_many
 from ._models import GeneratedImage, Outcome, Status, Task, TaskResult
 from ._orphans import OnCancel, OrphanHook, OrphanKeeper, WorkTracker
-from ._paths import check_file_name, prepare_folder, task_stem
+from ._paths import WritableFolders, check_file_name, task_stem
 from ._policy import PollPolicy
 from ._providers import ApiKey, Provider, get_preset, resolve_api_key
 from ._references import ReferenceImage, reference_placeholders, resolve_references
@@ -172,8 +172,7 @@ class AsyncFlux:
         self._provider: Provider | None = None
         self._scheduler: Scheduler | None = None
         self._downloader: Downloader | None = None
-        # Output folders already proven writable (a web backend's one folder: once).
-        self._ready_folders: dict[Path, anyio.Event] = {}
+        self._folders = WritableFolders()
 
     def __repr__(self) -> str:
         return (
@@ -451,28 +450,8 @@ class AsyncFlux:
             check_file_name(filename, field="filename")
         fields.update(reference_placeholders(images, model=model, fields=fields))
         request = build_request(model, prompt, **fields)
-        folder = await self._prepare_folder(output_dir)
+        folder = await self._folders.prepare(output_dir)
         return await self._generate(request, folder, filename, images)
-
-    async def _prepare_folder(self, output_dir: str | Path) -> Path:
-        """Create and write-test ``output_dir`` once per client, before a first submit."""
-        folder = Path(output_dir)
-        ready = self._ready_folders.get(folder)
-        if ready is None:
-            # The first caller tests the folder; the others wait for it and wake together.
-            ready = self._ready_folders[folder] = anyio.Event()
-            try:
-                await anyio.to_thread.run_sync(prepare_folder, folder)
-            except BaseException:
-                del self._ready_folders[folder]
-                ready.set()
-                raise
-            ready.set()
-        elif not ready.is_set():
-            await ready.wait()
-            if folder not in self._ready_folders:
-                return await self._prepare_folder(folder)  # it failed: try (and fail) here too
-        return folder
 
     async def _generate(
         self,
@@ -523,7 +502,7 @@ class AsyncFlux:
         self._require_open()
         if self._tg is None:
             raise ClientClosedError("the client is not fully open")
-        folder = await self._prepare_folder(output_dir)
+        folder = await self._folders.prepare(output_dir)
         limit = concurrency or 2 * self._limiter.limit
         send, receive = anyio.create_memory_object_stream[Outcome](limit)
         scope = anyio.CancelScope()

@@ -20,7 +20,8 @@ builds its target with these functions:
   if the name exists, so two writers (two processes included) never both win a name and
   an existing file is never replaced.
 - :func:`prepare_folder` creates an output folder and proves it writable (a temp file
-  created and removed) before the first submit.
+  created and removed) before the first submit; :class:`WritableFolders` does it once
+  per folder for a client.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ import re
 import secrets
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
+
 from ._errors import ConfigurationError, ValidationError
 
 __all__ = [
     "FREE_NAME_TRIES",
     "TASK_STEM_MAX",
+    "WritableFolders",
     "check_file_name",
     "contained",
     "place_new",
@@ -154,3 +159,31 @@ def prepare_folder(folder: Path) -> Path:
             f"output folder {folder} is not writable ({reason}); nothing was submitted"
         ) from exc
     return folder
+
+
+class WritableFolders:
+    """The output folders one client has proven writable (a web backend's one: once)."""
+
+    def __init__(self) -> None:
+        self._ready: dict[Path, anyio.Event] = {}
+
+    async def prepare(self, folder: str | Path) -> Path:
+        """Create and write-test ``folder`` unless done before; raise ConfigurationError."""
+        path = Path(folder)
+        ready = self._ready.get(path)
+        if ready is not None and ready.is_set():
+            return path  # no checkpoint: concurrent callers keep their order
+        if ready is None:
+            # The first caller tests the folder; the others wait for it and wake together.
+            ready = self._ready[path] = anyio.Event()
+            try:
+                await anyio.to_thread.run_sync(prepare_folder, path)
+            except BaseException:
+                del self._ready[path]
+                raise
+            finally:
+                ready.set()
+            return path
+        await ready.wait()
+        # Look again: proven by now, or it failed (so this caller tries, and fails, itself).
+        return await self.prepare(path)

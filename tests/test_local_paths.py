@@ -426,3 +426,27 @@ async def test_malformed_items_fail_alone_and_every_outcome_arrives(
     assert "items[1]" in str(by_index[1].error)
     assert "prompt" in str(by_index[2].error)
     assert len(sim.records.submits) == 3
+
+
+async def test_concurrent_callers_share_one_folder_check(tmp_path: Path, sim: Simulator) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    errors: list[BaseException] = []
+    async with make_client(sim) as flux:
+
+        async def caller(folder: Path) -> None:
+            try:
+                await flux.generate("x", model=MODEL, output_dir=folder)
+            except ConfigurationError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(caller, blocker)
+        assert len(errors) == 5  # each waiter tried again and failed with its own error
+        assert len(sim.records.submits) == 0
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(caller, tmp_path / "good")
+    assert len(errors) == 5
+    assert len(files_under(tmp_path / "good")) == 5
