@@ -23,7 +23,7 @@ from flux_async._batch import run_batch
 from flux_async._cli import main
 from flux_async._ledger import LEDGER_NAME, LedgerFullError
 
-from .test_batch import created_per_prompt, ledger_rows, results, simulated, write
+from .test_batch import created_per_prompt, fast_config, ledger_rows, results, simulated, write
 
 pytestmark = pytest.mark.anyio
 
@@ -73,7 +73,7 @@ async def test_full_disk_keeps_paid_items_ready_and_a_plain_rerun_saves_them(
 ) -> None:
     prompts = write(tmp_path / "p.txt", "\n".join(PROMPTS) + "\n")
     out = tmp_path / "out"
-    async with simulated() as (sim, flux):
+    async with simulated(fast_config(url_lifetime=1e6), task_timeout=1e6) as (sim, flux):
         with monkeypatch.context() as patched:
             patched.setattr(download_module, "write_atomically", failing_writer(errno.ENOSPC))
             first = await run_batch(flux, prompts, out, concurrency=2)
@@ -146,7 +146,10 @@ async def test_a_full_ledger_stops_the_run_cleanly_and_resumes(
 ) -> None:
     prompts = write(tmp_path / "p.txt", "\n".join(LONG) + "\n")
     out = tmp_path / "out"
-    async with simulated() as (sim, flux):
+    # 300 items on a 400x clock: on a loaded machine URLs and tasks must not time out,
+    # or items fail for reasons this test is not about.
+    config = fast_config(url_lifetime=1e6)
+    async with simulated(config, task_timeout=1e6) as (sim, flux):
         # A first run records every item and submits nothing (budget 0).
         await run_batch(flux, prompts, out, max_cost=0)
         with monkeypatch.context() as patched:
