@@ -1,8 +1,11 @@
 """Writing a file so that no reader ever sees it half written.
 
 Bytes go to a hidden ``.{name}.{random}.part`` file beside the target, are flushed and
-fsynced, and the temp file is renamed over the target only when the body checked out.
-On any failure or cancellation the temp file is removed and nothing is left behind.
+fsynced, and the temp file is moved into place only when the body checked out: renamed
+over the target (``overwrite=True``, the batch's ledger owns its names), or linked to
+the first free name so an existing file is never replaced (``overwrite=False``, see
+``_paths.place_new``). On any failure or cancellation the temp file is removed and
+nothing is left behind.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import aiofiles
 import aiofiles.os
 import anyio
 import anyio.to_thread
+
+from ._paths import place_new
 
 __all__ = ["write_atomically"]
 
@@ -37,11 +42,13 @@ async def write_atomically(
     *,
     verify: Callable[[int], None],
     on_chunk: Callable[[int], None] | None = None,
-) -> tuple[int, str]:
+    overwrite: bool = True,
+) -> tuple[Path, int, str]:
     """Write ``chunks`` to a temp file beside ``final``, then rename it into place.
 
     ``verify(size)`` runs after the last chunk and raises if the body is not whole;
-    ``on_chunk(n)`` is told of every ``n`` bytes written. Returns the size in bytes and
+    ``on_chunk(n)`` is told of every ``n`` bytes written. Returns the path written (with
+    ``overwrite=False``, maybe ``final`` renamed ``stem-N.ext``), the size in bytes and
     the sha256 (hex). Raises OSError for disk trouble, or whatever ``chunks`` or
     ``verify`` raise; the temp file is gone then.
     """
@@ -71,13 +78,16 @@ async def write_atomically(
                 await handle.close()
         # Shielded: once the rename starts, finish it rather than race it with cleanup.
         with anyio.CancelScope(shield=True):
-            await aiofiles.os.replace(temp, final)
+            if overwrite:
+                await aiofiles.os.replace(temp, final)
+            else:
+                final = await anyio.to_thread.run_sync(place_new, temp, final)
         done = True
     finally:
         if not done:
             with anyio.CancelScope(shield=True):
                 await _remove_quietly(temp)
-    return size, digest.hexdigest()
+    return final, size, digest.hexdigest()
 
 
 async def _remove_quietly(path: Path) -> None:

@@ -34,6 +34,7 @@ from ._catalog import DEFAULT_ACTIVE_LIMIT
 from ._client import AsyncFlux
 from ._errors import FluxError
 from ._ledger import ItemState, Ledger
+from ._paths import prepare_folder
 from ._prompts import SUPPORTED_SUFFIXES, InputProblem
 from ._report import CONTACT_SHEET_NAME, RESULTS_NAME, write_contact_sheet, write_results_jsonl
 from ._runconfig import run_config_changes
@@ -85,7 +86,9 @@ class BatchSummary:
     ``ok``/``failed``/``pending`` count every item of the folder (earlier runs included);
     ``possibly_billed`` counts failures that may have cost credits with no task id to
     show for it; ``stopped`` says why submitting stopped early (``"budget"``,
-    ``"credits"``, ``"auth"``, ``"interrupted"``) or is None.
+    ``"credits"``, ``"auth"``, ``"disk"``, ``"interrupted"``) or is None;
+    ``not_saved`` counts finished images the disk refused this run (they stay ready:
+    a re-run saves them without a new submit).
     """
 
     total: int
@@ -102,6 +105,7 @@ class BatchSummary:
     results: Path
     contact_sheet: Path
     notices: tuple[str, ...] = field(default=())
+    not_saved: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -128,6 +132,7 @@ class BatchSummary:
             "contact_sheet": str(self.contact_sheet),
             "exit_code": self.exit_code,
             "notices": list(self.notices),
+            "not_saved": self.not_saved,
         }
 
 
@@ -144,6 +149,7 @@ async def run_batch(
     retry_failed: bool = False,
     retry_ambiguous: bool = False,
     accept_changes: bool = False,
+    allow_any_image_path: bool = False,
     stop: anyio.Event | None = None,
     progress: BatchProgress | None = None,
     notify: Callable[[str], None] | None = None,
@@ -157,11 +163,17 @@ async def run_batch(
     ``stop`` stops submitting, leaves generating tasks recorded for a later run, lets
     downloads finish and returns (``stopped == "interrupted"``). ``notify`` receives
     one-line messages for the user; ``progress`` is updated as the run goes.
+    An item's ``images`` files must lie inside the prompt file's folder (symlinks
+    resolved) unless ``allow_any_image_path``; every entry gets the library's
+    reference-image checks before the first submit.
 
     Raises :class:`BatchInputError` (bad items, nothing submitted),
     :class:`BatchChangedError` (the input or settings changed since the last run),
-    ``LedgerError`` (another run holds ``out``), ValueError (unsupported file type or
-    settings) or OSError (``prompts`` unreadable). Items failing never raise.
+    ``LedgerError`` (another run holds ``out``), ``LedgerFullError`` (the disk under
+    ``out`` filled up: the run stopped, the ledger is intact), ConfigurationError
+    (``out`` cannot be created or written; checked before anything else), ValueError
+    (unsupported file type or settings) or OSError (``prompts`` unreadable). Items
+    failing never raise; an image the disk refused leaves its item ``ready``.
 
     Examples:
         ```python
@@ -190,11 +202,21 @@ async def run_batch(
         "provider": flux.provider_name,
     }
     started = anyio.current_time()
+    await anyio.to_thread.run_sync(prepare_folder, out)
     ledger = await Ledger.open(out, run_config=config)
     ran = False
     spent_at_start = 0.0
     try:
-        await _prepare(ledger, prompts, model, defaults, skip_invalid, accept_changes, say)
+        await _prepare(
+            ledger,
+            prompts,
+            model,
+            defaults,
+            skip_invalid,
+            accept_changes,
+            say,
+            allow_any_image_path=allow_any_image_path,
+        )
         ran = True
         await _reset_for_retry(ledger, retry_failed, retry_ambiguous, say)
         await anyio.to_thread.run_sync(_remove_stale_temp_files, out)
@@ -210,15 +232,14 @@ async def run_batch(
             costs=CostBook(max_cost, spent_at_start),
             progress=progress,
             notify=say,
+            allow_any_image_path=allow_any_image_path,
         )
         await runner.run(stop)
     finally:
         with anyio.CancelScope(shield=True):
             try:
                 if ran:
-                    await write_results_jsonl(ledger, out)
-                    title = f"flux-async batch: {prompts.name}"
-                    await write_contact_sheet(ledger, out, title=title)
+                    await _write_reports(ledger, out, prompts, say)
                     counts = await ledger.counts()
                     ambiguous = await ledger.ambiguous_count()
                     spent = await ledger.spent()
@@ -241,7 +262,19 @@ async def run_batch(
         results=out / RESULTS_NAME,
         contact_sheet=out / CONTACT_SHEET_NAME,
         notices=tuple(notices),
+        not_saved=progress.not_saved,
     )
+
+
+async def _write_reports(
+    ledger: Ledger, out: Path, prompts: Path, say: Callable[[str], None]
+) -> None:
+    """Write results.jsonl and index.html; a full disk skips them (the ledger has it all)."""
+    try:
+        await write_results_jsonl(ledger, out)
+        await write_contact_sheet(ledger, out, title=f"flux-async batch: {prompts.name}")
+    except OSError as exc:
+        say(f"could not write the reports in {out}: {exc.strerror or exc}; a re-run writes them")
 
 
 async def _check_arguments(prompts: Path, concurrency: int | None, max_cost: float | None) -> None:
@@ -275,6 +308,8 @@ async def _prepare(
     skip_invalid: bool,
     accept_changes: bool,
     say: Callable[[str], None],
+    *,
+    allow_any_image_path: bool = False,
 ) -> InputScan:
     """Scan the input into the ledger; refuse bad input or unaccepted changes.
 
@@ -297,6 +332,7 @@ async def _prepare(
             defaults=defaults,
             skip_invalid=skip_invalid,
             replace_changed="all" if accept_changes else "unstarted",
+            allow_any_image_path=allow_any_image_path,
         )
     if scan.file_problems or (scan.invalid_items and not skip_invalid):
         if not had_items:

@@ -29,8 +29,9 @@ from ._batch_progress import BatchProgress, ProgressDisplay, format_duration
 from ._cli_checks import not_accepted
 from ._client import AsyncFlux
 from ._errors import ConfigurationError, FluxError, ValidationError
-from ._ledger import LedgerError
+from ._ledger import LedgerError, LedgerFullError
 from ._prompts import InputProblem, iter_prompt_file
+from ._report import strip_control
 
 __all__ = ["run_batch_command"]
 
@@ -41,7 +42,8 @@ OpenClient = Callable[..., AbstractAsyncContextManager[AsyncFlux]]
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # Messages quote prompts and server text: no escape sequence reaches the terminal.
+    print(strip_control(message), file=sys.stderr, flush=True)
 
 
 def run_batch_command(
@@ -76,6 +78,9 @@ def run_batch_command(
             _say(f"  {change}")
         _say("nothing was submitted; use another --out, or --accept-changes to let the new win")
         return EXIT_USAGE
+    except LedgerFullError as exc:
+        _say(f"stopped: {exc}")
+        return EXIT_FAILED
     except (LedgerError, ValidationError, ConfigurationError, ValueError) as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
@@ -159,6 +164,7 @@ async def _run(
                             retry_failed=args.retry_failed,
                             retry_ambiguous=args.retry_ambiguous,
                             accept_changes=args.accept_changes,
+                            allow_any_image_path=args.allow_any_image_path,
                             stop=stop,
                             progress=progress,
                             notify=_say,
@@ -215,6 +221,11 @@ def _print_summary(summary: BatchSummary) -> None:
         _say("the account is out of credits: top it up and re-run the same command")
     elif summary.stopped == "auth":
         _say("the API key was refused: fix it and re-run the same command")
+    elif summary.stopped == "disk":
+        _say(
+            f"the disk refused {summary.not_saved} finished image(s); they are kept as ready: "
+            f"free space in {summary.out} and re-run the same command (no new submit)"
+        )
     elif summary.failed:
         _say("--retry-failed runs the failed items again")
     _say(f"results: {summary.results}  contact sheet: {summary.contact_sheet}")

@@ -9,16 +9,17 @@ hands each back with its request. Neither ever holds more than a chunk of items.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import itertools
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 
+from ._batch_images import check_image_entries, image_entry_value
 from ._filenames import safe_name
 from ._ledger import Ledger
 from ._prompts import (
@@ -43,8 +44,6 @@ __all__ = [
 
 MAX_PROBLEMS_SHOWN = 50
 _CHUNK = 2000
-_REMOTE = ("http://", "https://", "data:")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(slots=True)
@@ -142,7 +141,11 @@ def _take(source: Iterator[Scanned], n: int) -> list[Scanned]:
 
 
 def _validate(
-    batch: Sequence[Scanned], model: str, defaults: Mapping[str, Any], path: Path
+    batch: Sequence[Scanned],
+    model: str,
+    defaults: Mapping[str, Any],
+    path: Path,
+    allow_any_image_path: bool,
 ) -> None:
     for scanned in batch:
         item = scanned.item
@@ -151,10 +154,11 @@ def _validate(
         scanned.problems.extend(
             validate_item(item, defaults=defaults, default_model=model, path=path)
         )
-        for image in item.images:
-            if _image_file(image, path.parent) is None and _looks_like_path(image):
-                rule = f"no such image file: {image[:80]}"
-                scanned.problems.append(InputProblem(path, item.line, "images", rule, item.index))
+        found = check_image_entries(
+            item.images, base_dir=path.parent, allow_any_path=allow_any_image_path
+        )
+        for field_name, rule in found:
+            scanned.problems.append(InputProblem(path, item.line, field_name, rule, item.index))
 
 
 async def scan_input(
@@ -165,12 +169,15 @@ async def scan_input(
     defaults: Mapping[str, Any],
     skip_invalid: bool,
     replace_changed: Literal["none", "unstarted", "all"],
+    allow_any_image_path: bool = False,
 ) -> InputScan:
     """Check every item of ``path`` and record it in ``ledger``; return what was found.
 
     Items the ledger already holds with the same fingerprint were checked by an earlier
     run and are not validated again. Invalid items are added as failed (not billed) only
-    with ``skip_invalid``. Raises ValueError for an unsupported file type, OSError when
+    with ``skip_invalid``. ``images`` entries get the library's reference-image checks
+    and must stay inside the prompt file's folder unless ``allow_any_image_path`` (see
+    ``_batch_images``). Raises ValueError for an unsupported file type, OSError when
     the file cannot be read.
     """
     scan = InputScan()
@@ -183,7 +190,9 @@ async def scan_input(
                 s for s in batch if s.index is not None and known.get(s.index) != s.fingerprint
             ]
             if unchecked:
-                await anyio.to_thread.run_sync(_validate, unchecked, model, defaults, path)
+                await anyio.to_thread.run_sync(
+                    _validate, unchecked, model, defaults, path, allow_any_image_path
+                )
             await _record(ledger, scan, batch, known, skip_invalid, replace_changed)
     finally:
         source.close()
@@ -270,42 +279,34 @@ class ScannedReader:
 
 
 async def item_request(
-    item: PromptItem, *, model: str, defaults: Mapping[str, Any], base_dir: Path
+    item: PromptItem,
+    *,
+    model: str,
+    defaults: Mapping[str, Any],
+    base_dir: Path,
+    allow_any_image_path: bool = False,
 ) -> BaseRequest:
     """Build ``item``'s request: defaults under its fields, reference images read from disk.
 
     A reference image that names a file (relative to ``base_dir``, the prompt file's
-    folder) is sent as base64; URLs, ``data:`` URLs and base64 text go as they are.
-    Raises ValidationError or ConfigurationError as ``build_request`` does.
+    folder, and inside it unless ``allow_any_image_path``) is checked again and sent as
+    base64; URLs, ``data:`` URLs and base64 text go as they are. Raises ValidationError
+    or ConfigurationError as ``build_request`` does.
     """
     model = item.model or model
     fields = merged_fields(item, defaults)
     if item.images:
-        images = [await _image_value(image, base_dir) for image in item.images]
+        images = [
+            await anyio.to_thread.run_sync(
+                partial(
+                    image_entry_value,
+                    index,
+                    image,
+                    base_dir=base_dir,
+                    allow_any_path=allow_any_image_path,
+                )
+            )
+            for index, image in enumerate(item.images)
+        ]
         fields.update(reference_image_fields(model, images))
     return build_request(model, item.prompt, **fields)
-
-
-async def _image_value(image: str, base_dir: Path) -> str:
-    path = await anyio.to_thread.run_sync(_image_file, image, base_dir)
-    if path is None:
-        return image
-    data = await anyio.Path(path).read_bytes()
-    return base64.b64encode(data).decode("ascii")
-
-
-def _image_file(image: str, base_dir: Path) -> Path | None:
-    """Return the local file ``image`` names, or None for a URL, base64 or a missing file."""
-    if image.startswith(_REMOTE) or len(image) > 4096:
-        return None
-    candidate = base_dir / image
-    try:
-        return candidate if candidate.is_file() else None
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
-        return None
-
-
-def _looks_like_path(image: str) -> bool:
-    if image.startswith(_REMOTE) or len(image) > 4096:
-        return False
-    return "/" in image or "\\" in image or image.lower().endswith(_IMAGE_SUFFIXES)

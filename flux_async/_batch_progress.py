@@ -21,7 +21,8 @@ class BatchProgress:
 
     ``saved``, ``failed`` and ``spent`` (credits) count the whole folder, earlier runs
     included; ``submitted`` counts this run's submits; ``submitting``, ``generating``
-    and ``saving`` are the items in each stage now.
+    and ``saving`` are the items in each stage now; ``not_saved`` counts this run's
+    finished images the disk refused (left ``ready`` for a re-run).
     """
 
     total: int = 0
@@ -31,6 +32,7 @@ class BatchProgress:
     submitting: int = 0
     generating: int = 0
     saving: int = 0
+    not_saved: int = 0
     spent: float = 0.0
     saved_at_start: int = 0
     failed_at_start: int = 0

@@ -31,15 +31,17 @@ from ._batch_progress import BatchProgress
 from ._catalog import DEFAULT_ACTIVE_LIMIT, MODELS
 from ._client import AsyncFlux
 from ._clock import Clock
+from ._data_urls import is_data_url, shown_data_url
 from ._download import extension_for, result_deadline
 from ._errors import (
     AuthenticationError,
     FluxError,
     InsufficientCreditsError,
     ModerationError,
+    StorageError,
 )
 from ._filenames import output_stem
-from ._ledger import ItemState, Ledger, LedgerItem
+from ._ledger import ItemState, Ledger, LedgerFullError, LedgerItem
 from ._models import Task, TaskResult
 from ._requests import BaseRequest
 
@@ -141,8 +143,10 @@ class BatchRunner:
         costs: CostBook,
         progress: BatchProgress,
         notify: Callable[[str], None],
+        allow_any_image_path: bool = False,
     ) -> None:
         self._flux = flux
+        self._allow_any_image_path = allow_any_image_path
         self._ledger = ledger
         self._prompts = prompts
         self._out = out
@@ -166,7 +170,20 @@ class BatchRunner:
         self._clock: Clock = flux.clock
 
     async def run(self, stop: anyio.Event | None) -> None:
-        """Run until every job is done, submitting stopped, or ``stop`` was set."""
+        """Run until every job is done, submitting stopped, or ``stop`` was set.
+
+        Raises :class:`LedgerFullError` (bare, not in an ExceptionGroup) when the disk
+        under the ledger filled up: the run stops at once, the ledger as last committed.
+        """
+        try:
+            await self._run(stop)
+        except BaseExceptionGroup as group:
+            full = group.subgroup(LedgerFullError)
+            if full is None:
+                raise
+            raise _first_leaf(full) from None
+
+    async def _run(self, stop: anyio.Event | None) -> None:
         async with anyio.create_task_group() as outer:
             if stop is not None:
                 outer.start_soon(self._watch, stop)
@@ -235,6 +252,7 @@ class BatchRunner:
                 model=self._model,
                 defaults=self._defaults,
                 base_dir=self._prompts.parent,
+                allow_any_image_path=self._allow_any_image_path,
             )
         except (ValueError, OSError) as exc:  # ValidationError, ConfigurationError, a file
             await self._ledger.mark_invalid([(item.index, str(exc))])
@@ -401,15 +419,21 @@ class BatchRunner:
             deadline = result_deadline(
                 result.sample_url, end_time=result.end_time, now=self._clock.time()
             )
-            await self._ledger.mark_ready(
-                item.index, sample_url=result.sample_url, deadline=deadline
-            )
+            # A relay's inline (b64_json) image is not stored a second time in the ledger:
+            # nothing reads it back (a re-run re-polls), so only its header and length.
+            url = result.sample_url
+            stored = shown_data_url(url) if is_data_url(url) else url
+            await self._ledger.mark_ready(item.index, sample_url=stored, deadline=deadline)
             stem = await self._stem(item)
             if "." in stem:
                 # The downloader adds an extension only to a name without a suffix.
                 stem += extension_for(result.task.output_format, None)
             try:
-                saved = await self._flux._save_file(result, self._out / stem)
+                # The ledger owns the folder's names: a re-download replaces its own file.
+                saved = await self._flux._save_file(result, self._out / stem, overwrite=True)
+            except StorageError as exc:
+                self._not_saved(exc)
+                return
             except FluxError as exc:
                 await self._fail(item, exc, billed=True)
                 return
@@ -447,6 +471,19 @@ class BatchRunner:
             )
         return f"{stem}-{item.index:0{digits}d}" if clash else stem
 
+    def _not_saved(self, exc: StorageError) -> None:
+        """Leave the item ``ready`` (paid, image still on the server) and stop submitting.
+
+        Not ``failed``: a plain re-run re-polls it for a fresh URL and saves it with no
+        new submit, and ``--retry-failed`` never pays for it again.
+        """
+        self._progress.not_saved += 1
+        self.halt(
+            "disk",
+            f"stopped submitting: {exc}. Free space in {self._out} and re-run the same "
+            "command: finished images are fetched again without a new submit",
+        )
+
     async def _fail(self, item: LedgerItem, exc: FluxError, *, billed: bool) -> None:
         await self._ledger.mark_failed(item.index, reason=str(exc), may_be_billed=billed)
         self._progress.failed += 1
@@ -473,3 +510,8 @@ def _existing_output(out: Path, stem: str, since: float) -> Path | None:
         if info.st_mtime >= since and info.st_size > 0:
             return candidate
     return None
+
+
+def _first_leaf(group: BaseExceptionGroup[LedgerFullError]) -> LedgerFullError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -33,6 +33,7 @@ from ._cli_checks import (
 from ._client import AsyncFlux
 from ._errors import ConfigurationError, FluxError, ValidationError
 from ._providers import PRESETS
+from ._report import strip_control
 
 __all__ = ["build_parser", "main"]
 
@@ -101,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate one image")
     gen.add_argument("prompt")
     gen.add_argument("--out", default=".", help="output folder (default: current folder)")
-    gen.add_argument("--name", help="file name without extension (default: the task id)")
+    gen.add_argument(
+        "--name",
+        help="plain file name without extension (default: the task id made safe); "
+        "an existing file is never replaced (NAME-1.jpeg, ...)",
+    )
     gen.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_request_options(gen)
     _add_connection_options(gen)
@@ -142,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--accept-changes",
         action="store_true",
         help="let a changed input or changed options win over what the folder recorded",
+    )
+    bat.add_argument(
+        "--allow-any-image-path",
+        action="store_true",
+        help="let items' images name files outside the prompt file's folder "
+        "(absolute paths, ../, symlinks leading out)",
     )
     _add_request_options(bat)
     _add_connection_options(bat)
@@ -204,7 +215,7 @@ async def _generate(args: argparse.Namespace) -> int:
         print(json.dumps(image.model_dump(mode="json")))
     else:
         seed = f", seed {image.seed}" if image.seed is not None else ""
-        print(f"saved {image.path} (task {image.task_id}{seed})")
+        print(strip_control(f"saved {image.path} (task {image.task_id}{seed})"))
     return EXIT_OK
 
 
@@ -278,10 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValidationError, ConfigurationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {strip_control(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except FluxError as exc:
-        print(f"failed: {exc}", file=sys.stderr)
+        # A server's detail is quoted in the message: strip any escape sequence first.
+        print(f"failed: {strip_control(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:
         print(

@@ -38,6 +38,7 @@ from ._limits import ActiveTaskLimiter, Slot
 from ._many import Item, run_many
 from ._models import GeneratedImage, Outcome, Status, Task, TaskResult
 from ._orphans import OnCancel, OrphanHook, OrphanKeeper, WorkTracker
+from ._paths import WritableFolders, check_file_name, task_stem
 from ._policy import PollPolicy
 from ._providers import ApiKey, Provider, get_preset, resolve_api_key
 from ._providers._http import DEFAULT_MAX_REPLY_BYTES
@@ -185,6 +186,7 @@ class AsyncFlux:
         self._provider: Provider | None = None
         self._scheduler: Scheduler | None = None
         self._downloader: Downloader | None = None
+        self._folders = WritableFolders()
 
     def __repr__(self) -> str:
         return (
@@ -237,7 +239,10 @@ class AsyncFlux:
             await self._tg.start(self._scheduler.run)
             self._webhooks.bind(poll, self._scheduler, self._tg)
             self._orphans.bind(
-                self._tg, wait=self._scheduler.wait, save=self.save, forget=self._scheduler.forget
+                self._tg,
+                wait=self._scheduler.wait,
+                save=self._save_new,
+                forget=self._scheduler.forget,
             )
         except BaseException:
             await stack.aclose()
@@ -421,7 +426,10 @@ class AsyncFlux:
         """Stream ``result``'s image to ``path`` (a file, or an existing folder) and return it.
 
         The extension comes from the output format or the content type when ``path`` has
-        none. Bytes go to a temp file renamed into place only when complete.
+        none. Bytes go to a temp file renamed into place only when complete. Into a
+        folder, the name is the task id made safe (``_paths.task_stem``) and an existing
+        file is never replaced (``NAME-1.jpeg``, ... instead); a file path the caller
+        names is replaced if it exists.
 
         Args:
             result: A result from ``wait``.
@@ -433,15 +441,24 @@ class AsyncFlux:
         Raises:
             ResultExpiredError: The signed URL expired before the download.
             IncompleteDownloadError: The download ended early (no partial file is left).
+            StorageError: The local disk refused the file (full, read-only, I/O error);
+                the task is still ready, so saving again needs no new submit.
         """
-        return (await self._save_file(result, path)).path
+        return (await self._save_file(result, path, overwrite=True)).path
 
-    async def _save_file(self, result: TaskResult, path: str | Path) -> SavedFile:
+    async def _save_new(self, result: TaskResult, path: str | Path) -> Path:
+        """Save as :meth:`save` does, but never replace an existing file."""
+        return (await self._save_file(result, path, overwrite=False)).path
+
+    async def _save_file(
+        self, result: TaskResult, path: str | Path, *, overwrite: bool
+    ) -> SavedFile:
         """Save as :meth:`save` does; return the size and SHA-256 hashed while streaming."""
         _, _, downloader = self._require_open()
         dest = Path(path)
         if await anyio.Path(dest).is_dir():
-            dest = dest / result.task.id
+            # The id is the server's string: never a path, only a sanitised name.
+            dest, overwrite = dest / task_stem(result.task.id), False
         deadline = result_deadline(
             result.sample_url, end_time=result.end_time, now=self._clock.time()
         )
@@ -453,6 +470,7 @@ class AsyncFlux:
                 task_id=result.task.id,
                 refresh=lambda: self._fresh_url(result),
                 output_format=result.task.output_format,
+                overwrite=overwrite,
             )
         except DownloadError as exc:
             self._events.failed(exc, result.task)
@@ -481,7 +499,12 @@ class AsyncFlux:
         """Generate one image and save it under ``output_dir``; return where it is.
 
         ``images`` are reference images for editing: URLs, local paths, bytes or data:
-        URLs, in the order of the model's ``input_image`` fields.
+        URLs, in the order of the model's ``input_image`` fields. ``filename`` must be a
+        plain file name (no separator, ``..``, absolute path or control character: a
+        ValidationError before anything is sent); without it the name is the task id
+        made safe. An existing file is never replaced: ``NAME-1.jpeg``, ``NAME-2.jpeg``,
+        ... is used instead (``img.path`` says which). ``output_dir`` is created and
+        write-tested before the submit (ConfigurationError if it cannot be written).
 
         Args:
             prompt: The text prompt (optional only where the model allows it).
@@ -510,9 +533,12 @@ class AsyncFlux:
                 print(image.path, image.task_id, image.cost)
             ```
         """
+        if filename is not None:
+            check_file_name(filename, field="filename")
         fields.update(reference_placeholders(images, model=model, fields=fields))
         request = build_request(model, prompt, **fields)
-        return await self._generate(request, Path(output_dir), filename, images)
+        folder = await self._folders.prepare(output_dir)
+        return await self._generate(request, folder, filename, images)
 
     async def _generate(
         self,
@@ -522,11 +548,11 @@ class AsyncFlux:
         images: Sequence[ReferenceImage] | None = None,
     ) -> GeneratedImage:
         task = await self._submit(request, images)
-        dest = output_dir / (stem or task.id)
+        dest = output_dir / (stem or task_stem(task.id))
         # Paid from here on: if this caller is cancelled, the orphan keeper takes over.
         with self._orphans.guard(task, dest) as guard:
             result = guard.result = await self.wait(task)
-            saved = await self._save_file(result, dest)
+            saved = await self._save_file(result, dest, overwrite=False)
         return GeneratedImage(
             path=saved.path,
             task_id=task.id,
@@ -554,6 +580,11 @@ class AsyncFlux:
         Items are prompts, mappings of request fields (``prompt``, ``model``, ...), or
         request models. ``defaults`` apply to every item; an item's own fields win.
         At most ``concurrency`` items are in progress (default: twice the active limit).
+        Item ``i`` is saved as ``{i:05d}.<ext>``, or ``{i:05d}-1.<ext>``, ... when that
+        name is taken: an existing file is never replaced. A malformed item (wrong type,
+        unknown field, a rule broken) is that item's failed outcome (ValidationError).
+        ``output_dir`` is created and write-tested before the first submit
+        (ConfigurationError, raised by the first iteration, if it cannot be written).
 
         Args:
             items: Prompts, mappings of request fields, or request models; an async
@@ -579,11 +610,12 @@ class AsyncFlux:
         self._require_open()
         if self._tg is None:
             raise ClientClosedError("the client is not fully open")
+        folder = await self._folders.prepare(output_dir)
         limit = concurrency or 2 * self._limiter.limit
         send, receive = anyio.create_memory_object_stream[Outcome](limit)
         scope = anyio.CancelScope()
         self._tg.start_soon(
-            run_many, self._generate, items, send, scope, limit, model, Path(output_dir), defaults
+            run_many, self._generate, items, send, scope, limit, model, folder, defaults
         )
         try:
             async with receive:

@@ -45,8 +45,10 @@ from ._errors import (
     FluxError,
     IncompleteDownloadError,
     ResultExpiredError,
+    StorageError,
 )
 from ._models import redact_url, url_expiry
+from ._paths import contained
 from ._providers._http import raw_body
 from ._redirects import RedirectRefused, next_hop
 from ._references import sniff_image_type
@@ -208,6 +210,13 @@ def _error(kind: type[DownloadError], reason: str, url: str, task_id: str | None
     return kind(f"{what}: {reason}", task_id=task_id, url=_shown(url))
 
 
+def _storage_error(reason: str, exc: BaseException, url: str, task_id: str | None) -> StorageError:
+    code = exc.errno if isinstance(exc, OSError) else None
+    return StorageError(
+        f"could not save the image: {reason}", task_id=task_id, url=_shown(url), errno=code
+    )
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _StatusError):
         return exc.status == 429 or exc.status >= 500
@@ -290,15 +299,20 @@ class Downloader:
         task_id: str | None = None,
         refresh: Callable[[], Awaitable[str | None]] | None = None,
         output_format: str | None = None,
+        overwrite: bool = True,
     ) -> SavedFile:
         """Save the image at ``url`` to ``dest`` and return what was written.
+
+        ``overwrite=False`` never replaces an existing file: the image goes to the first
+        free ``stem-N.ext`` name instead (``SavedFile.path`` says which).
 
         ``deadline`` is when ``url`` expires (epoch seconds, see :func:`result_deadline`):
         it orders the queue and bounds the retries. A ``dest`` without a suffix gets one
         from :func:`extension_for`. On 403/404 the URL is taken as expired and
         ``refresh`` (a re-poll returning a fresh URL) is called once.
 
-        Raises :class:`ResultExpiredError`, :class:`IncompleteDownloadError` or
+        Raises :class:`ResultExpiredError`, :class:`IncompleteDownloadError`,
+        :class:`StorageError` (the disk refused it; the URL is not the problem) or
         :class:`DownloadError`; nothing is left under ``dest`` or in a temp file then.
         """
         attempt, refreshed = 0, False
@@ -308,7 +322,7 @@ class Downloader:
                 try:
                     async with self._gate.slot(deadline):
                         saved = await self._fetch_within(
-                            deadline, url, dest, output_format, task_id
+                            deadline, url, dest, output_format, task_id, overwrite
                         )
                     self._completed += 1
                     return saved
@@ -381,21 +395,29 @@ class Downloader:
         dest: Path,
         output_format: str | None,
         task_id: str | None,
+        overwrite: bool,
     ) -> SavedFile:
         """Run one attempt, cut off at the URL's deadline (a dripping body cannot hold it)."""
         budget = max(deadline - self._clock.time(), _MIN_ATTEMPT)
         try:
             return await within(
-                self._clock, budget, lambda: self._fetch(url, dest, output_format, task_id)
+                self._clock,
+                budget,
+                lambda: self._fetch(url, dest, output_format, task_id, overwrite),
             )
         except TimeoutError as exc:
             raise _Stalled(f"no whole body within {budget:.1f} s, the URL's deadline") from exc
 
     async def _fetch(
-        self, url: str, dest: Path, output_format: str | None, task_id: str | None
+        self,
+        url: str,
+        dest: Path,
+        output_format: str | None,
+        task_id: str | None,
+        overwrite: bool,
     ) -> SavedFile:
         if is_data_url(url):
-            return await self._save_data_url(url, dest, output_format, task_id)
+            return await self._save_data_url(url, dest, output_format, task_id, overwrite)
         if urlsplit(url).scheme.lower() not in {"http", "https"}:
             raise _error(DownloadError, "not an http(s) URL", url, task_id)
         origin = url
@@ -412,7 +434,9 @@ class Downloader:
                     except RedirectRefused as exc:
                         raise _error(DownloadError, str(exc), url, task_id) from exc
                     continue
-                return await self._save_response(response, url, dest, output_format, task_id)
+                return await self._save_response(
+                    response, url, dest, output_format, task_id, overwrite
+                )
             finally:
                 await response.aclose()
         raise _error(DownloadError, f"more than {_MAX_REDIRECTS} redirects", url, task_id)
@@ -424,6 +448,7 @@ class Downloader:
         dest: Path,
         output_format: str | None,
         task_id: str | None,
+        overwrite: bool,
     ) -> SavedFile:
         if not response.is_success:
             raise _StatusError(response.status_code, _retry_after(response))
@@ -434,18 +459,24 @@ class Downloader:
         if not dest.suffix:
             final = dest.with_name(dest.name + _MIME_EXTENSIONS[mime])
         await self._makedirs(final, url, task_id)
-        size, digest = await self._write(
+        final, size, digest = await self._write(
             _prepend(head, chunks),
             final,
             url,
             task_id,
             verify=lambda size: _check_length(response, size, url, task_id),
+            overwrite=overwrite,
         )
         _log.debug("saved %s (%d bytes) from %s", final, size, redact_url(url))
         return SavedFile(path=final, size=size, sha256=digest, content_type=content_type)
 
     async def _save_data_url(
-        self, url: str, dest: Path, output_format: str | None, task_id: str | None
+        self,
+        url: str,
+        dest: Path,
+        output_format: str | None,
+        task_id: str | None,
+        overwrite: bool,
     ) -> SavedFile:
         """Decode a ``data:...;base64,`` URL into ``dest``, a chunk at a time."""
         try:
@@ -468,12 +499,13 @@ class Downloader:
             if size == 0:  # pragma: no cover - the sniffed head is never empty
                 raise _error(DownloadError, "the data: URL holds no image", url, task_id)
 
-        size, digest = await self._write(
+        final, size, digest = await self._write(
             _prepend(head, chunks),
             final,
             url,
             task_id,
             verify=verify,
+            overwrite=overwrite,
         )
         _log.debug("saved %s (%d bytes) from an inline image", final, size)
         return SavedFile(path=final, size=size, sha256=digest, content_type=content_type)
@@ -483,7 +515,7 @@ class Downloader:
             await aiofiles.os.makedirs(final.parent, exist_ok=True)
         except OSError as exc:
             reason = f"cannot create folder {final.parent}: {exc}"
-            raise _error(DownloadError, reason, url, task_id) from exc
+            raise _storage_error(reason, exc, url, task_id) from exc
 
     async def _write(
         self,
@@ -493,12 +525,24 @@ class Downloader:
         task_id: str | None,
         *,
         verify: Callable[[int], None],
-    ) -> tuple[int, str]:
-        """Write ``chunks`` into place atomically; a disk error is a DownloadError."""
+        overwrite: bool,
+    ) -> tuple[Path, int, str]:
+        """Write ``chunks`` into place atomically; a disk error is a StorageError."""
+        if overwrite:
+            # A replace would swap a symlink for the file, never write through it; still,
+            # a name that resolves outside its folder is refused outright.
+            try:
+                contained(final.parent, final.name)
+            except ValueError as exc:
+                raise _storage_error(f"refusing to write: {exc}", exc, url, task_id) from exc
         try:
-            return await write_atomically(chunks, final, verify=verify, on_chunk=self._count)
+            return await write_atomically(
+                chunks, final, verify=verify, on_chunk=self._count, overwrite=overwrite
+            )
+        except StorageError:
+            raise
         except OSError as exc:
-            raise _error(DownloadError, f"cannot write {final}: {exc}", url, task_id) from exc
+            raise _storage_error(f"cannot write {final}: {exc}", exc, url, task_id) from exc
 
     def _count(self, written: int) -> None:
         self._bytes_written += written

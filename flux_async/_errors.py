@@ -29,7 +29,10 @@ Everything the library raises derives from :class:`FluxError`::
     │   └── TaskTimeoutError (TimeoutError) the task's overall deadline passed
     └── DownloadError                       the finished image could not be saved
         ├── ResultExpiredError              the signed URL expired, even after one re-poll
-        └── IncompleteDownloadError         fewer/more bytes than Content-Length
+        ├── IncompleteDownloadError         fewer/more bytes than Content-Length
+        └── StorageError (OSError)          the local disk refused the image (full, read-only,
+                                            I/O error, a path outside its folder); the task
+                                            is still ready: saving it again needs no new submit
 
 Every error carries the task id where one is known, and never the API key.
 """
@@ -57,6 +60,7 @@ __all__ = [
     "RequestTimeoutError",
     "ResultExpiredError",
     "ServerError",
+    "StorageError",
     "TaskError",
     "TaskNotFoundError",
     "TaskTimeoutError",
@@ -324,3 +328,26 @@ class ResultExpiredError(DownloadError):
 
 class IncompleteDownloadError(DownloadError):
     """Raised when the body's length did not match Content-Length. No file is left behind."""
+
+
+class StorageError(DownloadError, OSError):
+    """Raised when the image could not be written locally (ENOSPC, EDQUOT, EIO, EROFS, ...).
+
+    The task is finished and paid, and its image still waits on the server: a batch
+    keeps such an item ``ready`` so a plain re-run re-polls for a fresh URL and saves it
+    without a new submit. ``errno`` is the OS error number where there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str | None = None,
+        url: str | None = None,
+        errno: int | None = None,
+    ) -> None:
+        DownloadError.__init__(self, message, task_id=task_id, url=url)
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return DownloadError.__str__(self)

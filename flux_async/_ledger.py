@@ -45,6 +45,7 @@ from ._ledger_schema import (
     AddReport,
     ItemState,
     LedgerError,
+    LedgerFullError,
     LedgerItem,
     connect,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "ItemState",
     "Ledger",
     "LedgerError",
+    "LedgerFullError",
     "LedgerItem",
     "run_config_changes",
     "scrub_secrets",

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._ledger_schema import COLUMNS, ItemState, LedgerError, LedgerItem
+from ._ledger_schema import COLUMNS, ItemState, LedgerError, LedgerFullError, LedgerItem
 
 __all__ = ["LedgerReads"]
 
@@ -28,6 +28,7 @@ class LedgerReads:
         self.path = path
         self._conn: sqlite3.Connection | None = conn
         self._limiter = anyio.CapacityLimiter(1)
+        self._full = False  # the disk filled up: every later SQLite error is that too
 
     async def meta(self, key: str) -> str | None:
         """Return the value stored under ``key`` by ``Ledger.set_meta`` (None: nothing)."""
@@ -148,7 +149,16 @@ class LedgerReads:
             conn = self._conn
             if conn is None:
                 raise LedgerError(f"the ledger {self.path} is closed")
-            return work(conn)
+            try:
+                return work(conn)
+            except sqlite3.OperationalError as exc:
+                # SQLITE_FULL rolls the statement (or the transaction) back; what follows
+                # (a COMMIT with no transaction left) fails for the same reason.
+                code = getattr(exc, "sqlite_errorcode", None)
+                self._full = self._full or code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+                if self._full:
+                    raise LedgerFullError(self.path.parent, str(exc)) from exc
+                raise
 
         if self._conn is None:
             raise LedgerError(f"the ledger {self.path} is closed")

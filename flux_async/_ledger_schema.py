@@ -26,6 +26,7 @@ __all__ = [
     "AddReport",
     "ItemState",
     "LedgerError",
+    "LedgerFullError",
     "LedgerItem",
     "connect",
 ]
@@ -63,6 +64,21 @@ RESET = (
 
 class LedgerError(FluxError, RuntimeError):
     """Raised when the ledger cannot be used: another run holds it, it is closed, or unknown."""
+
+
+class LedgerFullError(LedgerError):
+    """Raised when SQLite cannot write the ledger: the disk (or a quota) is full.
+
+    The write that failed was rolled back, so the ledger holds what was committed before
+    it; ``directory`` is the folder to free space in before re-running.
+    """
+
+    def __init__(self, directory: Path, reason: str) -> None:
+        super().__init__(
+            f"the disk under {directory} is full ({reason}): free space there and re-run the "
+            "same command; the ledger is intact and no finished task is paid for again"
+        )
+        self.directory = directory
 
 
 class ItemState(StrEnum):

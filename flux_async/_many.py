@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._errors import FluxError
+from ._errors import FluxError, ValidationError
 from ._guard import unexpected
 from ._models import GeneratedImage, Outcome
 from ._references import ReferenceImage, reference_placeholders
@@ -69,7 +69,7 @@ async def _one(
 ) -> None:
     prompt: str | None = None
     try:
-        request, images = item_request(item, model, defaults)
+        request, images = item_request(item, model, defaults, index=index)
         prompt = getattr(request, "prompt", None)
         image = await generate(request, output_dir, f"{index:05d}", images)
         outcome = Outcome(index=index, prompt=prompt, image=image, task_id=image.task_id)
@@ -85,17 +85,41 @@ async def _one(
 
 
 def item_request(
-    item: Item, model: str, defaults: Mapping[str, Any]
+    item: Item, model: str, defaults: Mapping[str, Any], *, index: int = 0
 ) -> tuple[BaseRequest, Sequence[ReferenceImage] | None]:
-    """Return the item's checked request and its reference images (read at submit time)."""
+    """Return the item's checked request and its reference images (read at submit time).
+
+    Anything malformed (not a prompt, mapping or request; a key that is not a string;
+    a value of the wrong type) raises ValidationError naming ``items[index]`` and the
+    field, so it becomes that item's failed outcome and nothing is sent.
+    """
+    where = f"items[{index}]"
     if isinstance(item, BaseRequest):
         return validate_request(item), None
+    if not isinstance(item, str | Mapping):
+        kind = type(item).__name__
+        rule = f"must be a prompt, a mapping of request fields or a request model, not {kind}"
+        raise ValidationError(where, rule)
+    if isinstance(item, Mapping):
+        bad_keys = [key for key in item if not isinstance(key, str)]
+        if bad_keys:
+            raise ValidationError(where, f"field names must be strings, got {bad_keys[0]!r}")
     fields = {**defaults} if isinstance(item, str) else {**defaults, **item}
     images = fields.pop("images", None)
     item_model = fields.pop("model", model)
     prompt = item if isinstance(item, str) else fields.pop("prompt", None)
-    fields.update(reference_placeholders(images, model=item_model, fields=fields))
-    return build_request(item_model, prompt, **fields), images
+    try:
+        if not isinstance(item_model, str):
+            raise ValidationError(f"{where}.model", "must be a model name (a string)")
+        if prompt is not None and not isinstance(prompt, str):
+            raise ValidationError(f"{where}.prompt", "must be a string")
+        fields.update(reference_placeholders(images, model=item_model, fields=fields))
+        return build_request(item_model, prompt, **fields), images
+    except FluxError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:
+        # A shape the field checks did not foresee: still this item's failure only.
+        raise ValidationError(where, f"malformed item: {exc}") from exc
 
 
 def item_prompt(item: Item) -> str | None:

@@ -7,7 +7,8 @@ active-task slot until the scheduler sees it end, whoever waits for it.
 ``AsyncFlux(on_cancel=...)`` says what becomes of its image:
 
 - ``"orphan"`` (the default): the image is saved when the task is ready, to
-  ``orphan_dir`` (as ``<task id>.<ext>``) or else where the caller asked for it, and
+  ``orphan_dir`` (as ``<task id made safe>.<ext>``, see ``_paths.task_stem``; never
+  replacing a file) or else where the caller asked for it, and
   ``on_orphan(image)`` is called with the :class:`GeneratedImage`. Never silently lost.
 - ``"abandon"``: the image is not downloaded (a warning names the task).
 
@@ -36,6 +37,7 @@ from ._errors import ConfigurationError, FluxError
 from ._events import EventEmitter, TaskOrphaned
 from ._guard import unexpected
 from ._models import GeneratedImage, Task, TaskResult
+from ._paths import task_stem
 
 __all__ = ["OnCancel", "OrphanHook", "OrphanKeeper", "OrphanStatistics", "WorkTracker"]
 
@@ -187,7 +189,8 @@ class OrphanKeeper:
                 return
             if result is None or self._save is None:
                 return
-            target = self.orphan_dir / task.id if self.orphan_dir is not None else dest
+            # The id is the server's string: only its sanitised form names a file.
+            target = self.orphan_dir / task_stem(task.id) if self.orphan_dir is not None else dest
             path = await self._save(result, target)
             self._saved += 1
             image = GeneratedImage(

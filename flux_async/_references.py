@@ -37,8 +37,11 @@ __all__ = [
     "MAX_REFERENCE_PIXELS",
     "Dialect",
     "ReferenceImage",
+    "check_data_url",
     "check_references",
+    "encode_reference_file",
     "image_dimensions",
+    "inspect_reference_file",
     "reference_fields",
     "reference_placeholders",
     "resolve_references",
@@ -335,3 +338,9 @@ def _check_size(field: str, path: Path, size: int) -> None:
         raise ValidationError(field, f"{path} is empty")
     if size > MAX_REFERENCE_BYTES:
         raise ValidationError(field, f"{path} is {size} bytes; at most 20 MiB")
+
+
+# The same checks for callers that hold one entry (a batch's ``images``): blocking.
+check_data_url = _check_data_url
+inspect_reference_file = _inspect_file
+encode_reference_file = _encode_file

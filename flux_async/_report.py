@@ -23,6 +23,7 @@ import anyio
 
 from ._ledger_schema import ItemState, LedgerItem
 from ._models import redact_url
+from ._text import clean_text
 
 __all__ = [
     "CONTACT_SHEET_NAME",
@@ -31,6 +32,7 @@ __all__ = [
     "relative_path",
     "result_record",
     "result_status",
+    "strip_control",
     "write_contact_sheet",
     "write_results_jsonl",
 ]
@@ -38,6 +40,16 @@ __all__ = [
 RESULTS_NAME = "results.jsonl"
 CONTACT_SHEET_NAME = "index.html"
 _URL = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def strip_control(text: str, limit: int | None = None) -> str:
+    """Return ``text`` safe for a terminal, a report or a log line (see ``_text.clean_text``).
+
+    Without ``limit`` nothing is cut: a prompt is the user's own and stays whole.
+    """
+    return clean_text(text, len(text) if limit is None else limit)
+
+
 _BUFFER_CHARS = 1 << 16
 
 
@@ -84,6 +96,10 @@ def _scrub_urls(text: str | None) -> str | None:
     return None if text is None else _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
+def _clean(text: str | None) -> str | None:
+    return None if text is None else strip_control(text)
+
+
 def result_record(item: LedgerItem, directory: Path) -> dict[str, Any]:
     """Return the ``results.jsonl`` object of one item (no URL is included)."""
     return {
@@ -95,12 +111,12 @@ def result_record(item: LedgerItem, directory: Path) -> dict[str, Any]:
         "task_id": item.task_id,
         "seed": item.seed,
         "cost": item.cost,
-        "error": _scrub_urls(item.error),
+        "error": _clean(_scrub_urls(item.error)),
         "may_be_billed": item.may_be_billed,
         "name": item.name,
         "model": item.model,
         "sha256": item.sha256,
-        "prompt_used": item.prompt_used,
+        "prompt_used": _clean(item.prompt_used),
     }
 
 
@@ -156,13 +172,13 @@ def _number(value: float | None) -> str:
 def _card(item: LedgerItem, directory: Path) -> str:
     status = result_status(item)
     esc = html.escape
-    prompt = esc(item.prompt or "")
+    prompt = esc(strip_control(item.prompt or ""))
     rel = relative_path(item.path, directory)
     if status == "ok" and rel is not None:
         href = esc(quote(rel, safe="/"))
         picture = (
             f'<a href="{href}"><img loading="lazy" decoding="async" src="{href}" '
-            f'alt="{esc((item.prompt or "")[:200])}"></a>'
+            f'alt="{esc(strip_control(item.prompt or "", 200))}"></a>'
         )
     else:
         picture = f'<div class="blank">{esc(item.state.value)}</div>'
@@ -182,7 +198,8 @@ def _card(item: LedgerItem, directory: Path) -> str:
     ]
     if status == "failed":
         billed = " (may have been billed)" if item.may_be_billed else ""
-        lines.append(f'<p class="error">{esc(_scrub_urls(item.error) or "failed")}{billed}</p>')
+        error = _clean(_scrub_urls(item.error)) or "failed"
+        lines.append(f'<p class="error">{esc(error)}{billed}</p>')
     lines.append("</figcaption></figure>\n")
     return "\n".join(line for line in lines if line)
 

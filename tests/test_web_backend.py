@@ -212,6 +212,10 @@ async def test_abandon_lets_the_image_go_but_keeps_the_slot_until_the_task_ends(
 
 async def test_a_caller_cancelled_while_queued_never_submits(tmp_path: Path) -> None:
     sim = make_sim(median=1.0)
+    # The first task holds the only slot for 0.3 s of real time: the queued caller is
+    # surely still queued when cancelled, however slow the machine (with ~10 ms the
+    # slot could free up between seeing the queue and cancelling).
+    sim.plan_next(duration=30.0)
     async with client(sim, max_active=1) as flux:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: flux.generate("first", model=MODEL, output_dir=tmp_path))

@@ -6,6 +6,7 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,13 @@ import anyio
 import httpx
 import pytest
 
-from flux_async import AsyncFlux, ConfigurationError, GenerationError, ScaledClock
+from flux_async import AsyncFlux, ConfigurationError, GenerationError, ManualClock, ScaledClock
 from flux_async._events import Event, WebhookReceived
 from flux_async._webhook_app import asgi_app
 from flux_async._webhooks import sign_body
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig, serve
+
+from ._util import settle
 
 pytestmark = pytest.mark.anyio
 
@@ -56,13 +59,40 @@ async def generate_all(flux: AsyncFlux, n: int, out: Path) -> list[str]:
     return ids
 
 
+async def drive(clock: ManualClock, done: anyio.Event, *, below: float) -> None:
+    """Move ``clock`` from one sleeper's deadline to the next while they lie ``below``.
+
+    Time moves only when every task is blocked, and never to ``below`` or past it: work
+    that waits on real things (threads writing files) just finishes, however slow the
+    machine, and anything due at ``below`` (the webhook fallback's first poll) never runs.
+    """
+    while not done.is_set():
+        await settle()
+        due = clock.next_deadline
+        if due is not None and due < below:
+            clock.advance(max(due - clock.monotonic(), 0.0))
+        else:
+            await anyio.sleep(0.001)  # a real pause: let worker threads finish
+
+
 async def test_webhooks_resolve_tasks_after_one_confirming_poll(tmp_path: Path) -> None:
-    sim = make_sim()
+    # Was flaky (1 in 20): on a ScaledClock(100) the 30 s webhook fallback is 0.3 s of
+    # real time, and a loaded machine let it fire before some webhooks were confirmed.
+    # On a ManualClock time moves only between deadlines below the fallback, so the
+    # fallback can never fire, whatever the machine's speed.
+    clock = ManualClock()
+    sim = Simulator(SimulatorConfig(latency={MODEL: (0.5, 0.3)}, image_bytes=0), clock=clock)
     events: list[Event] = []
-    async with client(sim, event_hooks=[events.append]) as flux:
+    fallback = 30.0
+    async with client(sim, event_hooks=[events.append], webhook_fallback=fallback) as flux:
         async with sim.webhooks.running(sink=flux.webhook_app()):
-            ids = await generate_all(flux, 30, tmp_path)
+            done = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(drive, clock, done, below=fallback))
+                ids = await generate_all(flux, 30, tmp_path)
+                done.set()
         stats = flux.statistics()
+    assert clock.monotonic() < fallback
     assert stats.webhooks is not None
     assert (stats.webhooks.resolved, stats.webhooks.confirm_polls) == (30, 30)
     assert stats.scheduler.polls == 0  # the fallback never had to poll
