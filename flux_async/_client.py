@@ -14,6 +14,7 @@ import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
+    Callable,
     Iterable,
     Mapping,
     Sequence,
@@ -31,7 +32,6 @@ from ._clock import Clock, SystemClock
 from ._download import Downloader, SavedFile, result_deadline
 from ._errors import ClientClosedError, DownloadError, FluxError
 from ._events import EventEmitter, EventHook
-from ._hazard import default_policy
 from ._hybrid import HybridPolicy
 from ._limits import ActiveTaskLimiter, Slot
 from ._many import Item, run_many
@@ -40,6 +40,7 @@ from ._orphans import OnCancel, OrphanHook, OrphanKeeper, WorkTracker
 from ._policy import PollPolicy
 from ._providers import ApiKey, Provider, get_preset, resolve_api_key
 from ._references import ReferenceImage, reference_placeholders, resolve_references
+from ._regime import PollingMode, regime_policy
 from ._requests import BaseRequest, build_request, validate_request
 from ._scheduler import Scheduler
 from ._statistics import ClientStatistics
@@ -76,8 +77,11 @@ class AsyncFlux:
     Adapting: when the server answers 429 below ``max_active`` (another process shares the
     key, or the plan is smaller), ``adaptive_limit`` lowers the window to what it accepted
     and probes one step up after each ``limit_quiet_period`` seconds without a 429.
-    ``poll_policy`` replaces the default schedule (hazard-shaped polls learned per
-    provider and model, see ``_hazard``).
+    Polling: hazard-shaped polls learned per provider and model (see ``_hazard``), at
+    the rate the moment calls for (see ``_regime``): ``polling="auto"`` (default) spends
+    polls to find finished tasks fast while submissions wait for a slot, and polls
+    sparingly while slots are spare; ``"throughput"`` or ``"frugal"`` fixes one regime.
+    ``poll_policy`` replaces the schedule altogether.
 
     In a web backend (docs/web-backend.md): ``webhook_url`` makes every submission carry
     it and ``webhook_secret`` (None: a fresh random one); deliveries go to
@@ -105,6 +109,7 @@ class AsyncFlux:
         rate_limit_timeout: float = 600.0,
         max_submit_retries: int = 5,
         poll_policy: PollPolicy | None = None,
+        polling: PollingMode = "auto",
         adaptive_limit: bool = True,
         limit_quiet_period: float = 30.0,
         clock: Clock | None = None,
@@ -142,7 +147,10 @@ class AsyncFlux:
             max_retries=max_submit_retries,
         )
         # Latency-aware polling, learned per provider:model from the catalog's prior.
-        self._policy: PollPolicy = poll_policy or default_policy(self._preset.latency_scale)
+        limiter = self._limiter
+        self._policy: PollPolicy = poll_policy or regime_policy(
+            self._preset.latency_scale, mode=polling, waiting=lambda: limiter.waiting
+        )
         self._events = EventEmitter(event_hooks, clock=self._clock)
         self._webhooks = WebhookReceiver(
             webhook_url,
@@ -435,12 +443,15 @@ class AsyncFlux:
         output_dir: Path,
         stem: str | None,
         images: Sequence[ReferenceImage] | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> GeneratedImage:
         task = await self._submit(request, images)
         dest = output_dir / (stem or task.id)
         # Paid from here on: if this caller is cancelled, the orphan keeper takes over.
         with self._orphans.guard(task, dest) as guard:
             result = guard.result = await self.wait(task)
+            if on_ready is not None:
+                on_ready()  # generate_many: the next item may submit during this download
             saved = await self._save_file(result, dest)
         return GeneratedImage(
             path=saved.path,
@@ -468,7 +479,9 @@ class AsyncFlux:
 
         Items are prompts, mappings of request fields (``prompt``, ``model``, ...), or
         request models. ``defaults`` apply to every item; an item's own fields win.
-        At most ``concurrency`` items are in progress (default: twice the active limit).
+        At most ``concurrency`` items are being submitted or generated (default: twice
+        the active limit); an item whose task is Ready makes room for the next while its
+        image downloads, and at most ``concurrency`` more wait for or run their download.
         """
         self._require_open()
         if self._tg is None:

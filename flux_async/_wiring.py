@@ -10,6 +10,7 @@ import contextlib
 
 import httpx
 
+from ._budget import RateBudget
 from ._clock import Clock
 from ._download import Downloader
 from ._events import EventEmitter
@@ -59,5 +60,8 @@ async def open_parts(
         policy=policy,
         max_concurrent_polls=max_polls,
         task_timeout=task_timeout,
+        # The 0.5 s loop's rate: the throughput regime (``_regime``) paces each task to
+        # at most that, so the budget only guards against a runaway policy.
+        budget=RateBudget(per_task=2.0),
     )
     return provider, downloader, scheduler, poll
