@@ -46,7 +46,7 @@ async def open_parts(
     """
     busy = max_active + max_polls
     api_http = await stack.enter_async_context(
-        api_client(transport, timeout=http_timeout, busy=busy)
+        api_client(transport, timeout=http_timeout, busy=busy, keep_alive=max_polls)
     )
     download_http = await stack.enter_async_context(
         download_client(transport, timeout=http_timeout)
