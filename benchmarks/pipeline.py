@@ -83,9 +83,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print()
         rounds.append(rows)
     ratios = [dict(rows)["flux_async generate_many"]["vs_naive"] for rows in rounds]
+    rss = [dict(rows)["flux_async generate_many"]["rss_mib"] for rows in rounds]
     print(
         f"flux_async makespan / naive's: {min(ratios):.3f}-{max(ratios):.3f} over "
-        f"{len(ratios)} round(s) (target <= 1.05)"
+        f"{len(ratios)} round(s) (target <= 1.05); RSS growth {min(rss):.1f}-{max(rss):.1f} "
+        "MiB (target <= 100)"
     )
     return {"n": args.n, "mb": args.mb, "link": args.link, "rounds": rounds}
 

@@ -1,6 +1,7 @@
 """Polling without progress, in both regimes: slots the backlog waits for, and spare slots.
 
-    .venv/bin/python benchmarks/regimes.py [--speed 2] [--seed 1] [--only capbound|inflight]
+    .venv/bin/python benchmarks/regimes.py [--speed 2] [--inflight-speed 1] [--seed 1]
+        [--only capbound|inflight] [--polling "" throughput frugal] [--repeat 1]
 
 BFL does not promise ``progress`` in Pending replies; here the simulator sends none.
 Two workloads, each with flux_async beside the naive 0.5 s loop, a fixed 1 s loop and
@@ -14,7 +15,11 @@ BFL's reference schedule (1 s, then x1.5 up to 5 s), measured in the same run:
   waits for a slot. Figures: polls per task (and as a fraction of the 0.5 s loop's),
   mean and p95 lag, mean lag per model.
 
-Times are simulated seconds; client and simulator share one clock at ``--speed``.
+Times are simulated seconds; client and simulator share one clock at ``--speed`` (the
+in-flight workload at ``--inflight-speed``, real time by default: 120 loops polling
+every 0.5 s already make the naive client's timers run late on a busy 2-core machine).
+``--repeat`` races every row that many times; the tables then show each figure's
+median and the summary its range.
 ``--polling`` runs flux_async once per listed mode (``AsyncFlux(polling=...)``).
 """
 
@@ -85,13 +90,14 @@ async def race(
     cap: int,
     args: argparse.Namespace,
     models: list[str] | None = None,
+    speed: float = 2.0,
 ) -> list[tuple[str, dict[str, float]]]:
     rows = []
     sim = {"image_bytes": 0, "active_limit": cap}
     for name, how in [*flux_rows(args.polling), *BASELINES]:
         wall = time.perf_counter()
         run = await run_variant(
-            name, args.speed, durations, sim=sim, progress=False, cap=cap, models=models, **how
+            name, speed, durations, sim=sim, progress=False, cap=cap, models=models, **how
         )
         figures = run.figures(ideal)
         for model, lags in run.lags_by_model().items():
@@ -116,6 +122,23 @@ def inflight_workload(n: int, seed: int) -> tuple[list[float], list[str]]:
     return durations, models
 
 
+def summarise(
+    rounds: list[list[tuple[str, dict[str, float]]]], keys: list[str]
+) -> list[tuple[str, dict[str, float]]]:
+    """Return each row's median figures over the rounds; print each key's range per row."""
+    rows = []
+    for index, (name, _) in enumerate(rounds[0]):
+        samples = [r[index][1] for r in rounds]
+        rows.append((name, {k: statistics.median(s[k] for s in samples) for k in samples[0]}))
+        if len(rounds) > 1:
+            spans = ", ".join(
+                f"{k} {min(s[k] for s in samples):.3f}-{max(s[k] for s in samples):.3f}"
+                for k in keys
+            )
+            print(f"  range over {len(rounds)} rounds, {name}: {spans}")
+    return rows
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"speed": args.speed, "seed": args.seed}
     if args.only in (None, "capbound"):
@@ -125,28 +148,40 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"Cap-bound, no progress: 240 x flux-2-pro, cap 24, lognormal(median 3 s, "
             f"sigma 0.5) seed {args.seed}, ideal FIFO {ideal:.2f} s, {args.speed:g}x"
         )
-        rows = await race("cap-bound", durations, ideal, 24, args, ["flux-2-pro"] * 240)
+        rounds = [
+            await race("cap-bound", durations, ideal, 24, args, ["flux-2-pro"] * 240, args.speed)
+            for _ in range(args.repeat)
+        ]
+        rows = summarise(rounds, ["ratio", "polls_x", "lag_mean", "cpu_ms"])
         print()
         print(table(rows, CAPBOUND_COLUMNS))
         print()
-        result["capbound"] = {"ideal": ideal, "rows": rows}
+        result["capbound"] = {"ideal": ideal, "rows": rows, "rounds": rounds}
     if args.only in (None, "inflight"):
         durations, models = inflight_workload(120, args.seed)
         print(
             f"All in flight, no progress: 120 alternating flux-2-klein-4b (median 1 s) / "
-            f"flux-2-max (median 6 s), sigma 0.4, cap 120, {args.speed:g}x"
+            f"flux-2-max (median 6 s), sigma 0.4, cap 120, {args.inflight_speed:g}x"
         )
-        rows = await race("in flight", durations, max(durations), 120, args, models)
+        rounds = [
+            await race(
+                "in flight", durations, max(durations), 120, args, models, args.inflight_speed
+            )
+            for _ in range(args.repeat)
+        ]
+        rows = summarise(rounds, ["polls_x", "lag_mean", "cpu_ms"])
         print()
         print(table(rows, INFLIGHT_COLUMNS))
-        result["inflight"] = {"rows": rows}
+        result["inflight"] = {"rows": rows, "rounds": rounds}
     return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", type=float, default=2.0)
+    parser.add_argument("--inflight-speed", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--only", choices=("capbound", "inflight"))
     parser.add_argument(
         "--polling",
