@@ -319,7 +319,11 @@ class BatchRunner:
             own = spec.active_limit if spec is not None else DEFAULT_ACTIVE_LIMIT
             cap = min(own, self._active) if own < DEFAULT_ACTIVE_LIMIT else self._active
             gate = self._model_gates[model] = anyio.Semaphore(cap)
-        async with gate, self._gate:
+        async with contextlib.AsyncExitStack() as held:
+            # Waiting here is waiting for a slot: the polling regime must know.
+            with self._flux._waiting_for_slot():
+                await held.enter_async_context(gate)
+                await held.enter_async_context(self._gate)
             yield
 
     async def _submit(self, item: LedgerItem, request: BaseRequest) -> Task | None:

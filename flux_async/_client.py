@@ -16,6 +16,7 @@ from collections.abc import (
     AsyncIterable,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -147,9 +148,14 @@ class AsyncFlux:
             max_retries=max_submit_retries,
         )
         # Latency-aware polling, learned per provider:model from the catalog's prior.
-        limiter = self._limiter
+        # Submissions waiting for a slot: the limiter's own waiters, and those a caller
+        # holds back before submitting (a batch marks an item "submitting" only once it
+        # may go), see ``_waiting_for_slot``.
+        self._held_back = 0
         self._policy: PollPolicy = poll_policy or regime_policy(
-            self._preset.latency_scale, mode=polling, waiting=lambda: limiter.waiting
+            self._preset.latency_scale,
+            mode=polling,
+            waiting=lambda: self._limiter.waiting + self._held_back,
         )
         self._events = EventEmitter(event_hooks, clock=self._clock)
         self._webhooks = WebhookReceiver(
@@ -463,6 +469,20 @@ class AsyncFlux:
             size=saved.size,
             prompt_used=result.prompt,
         )
+
+    @contextlib.contextmanager
+    def _waiting_for_slot(self) -> Iterator[None]:
+        """Count the caller as a submission waiting for a slot while inside the block.
+
+        For callers that queue before :meth:`submit` (``flux-async batch`` does): the
+        polling regime (``polling="auto"``) then knows a backlog waits, as it knows of
+        the limiter's own waiters.
+        """
+        self._held_back += 1
+        try:
+            yield
+        finally:
+            self._held_back -= 1
 
     # -- many images --------------------------------------------------------------------
 

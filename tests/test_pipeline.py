@@ -10,6 +10,7 @@ import pytest
 from flux_async._batch import run_batch
 from flux_async._batch_progress import BatchProgress
 from flux_async._pipeline import Stages
+from flux_async._regime import RegimePolicy
 from flux_async.testing import Simulator
 
 from .test_client import client, make_sim
@@ -101,3 +102,30 @@ async def test_batch_workers_hand_downloads_off_and_take_the_next_item(tmp_path:
     # Two workers that kept their items through an 8 s download would have submitted 2
     # by the first save; handing saves off, they submitted 2 more (a backlog of 2 saves).
     assert max(before_first_save) == 4
+
+
+async def test_a_batch_held_back_at_its_own_gate_polls_in_the_throughput_regime(
+    tmp_path: Path,
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"fox {i}" for i in range(8)) + "\n", encoding="utf-8")
+    sim: Simulator = make_sim()
+    regimes: set[str] = set()
+    async with client(sim, max_active=2) as flux, anyio.create_task_group() as tg:
+        policy = flux._policy
+        assert isinstance(policy, RegimePolicy)
+
+        async def watch() -> None:
+            while True:
+                regimes.add(policy.regime())
+                await anyio.sleep(0.001)
+
+        tg.start_soon(watch)
+        summary = await run_batch(flux, prompts, tmp_path / "out", concurrency=8)
+        tg.cancel_scope.cancel()
+        # Everything done: nothing waits, so the regime is frugal again.
+        assert policy.regime() == "frugal"
+    assert summary.ok == 8
+    # Items wait at the batch's own gate (2 slots for 8 items), not in the limiter, and
+    # still count as a backlog.
+    assert "throughput" in regimes
