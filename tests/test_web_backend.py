@@ -211,7 +211,9 @@ async def test_abandon_lets_the_image_go_but_keeps_the_slot_until_the_task_ends(
 
 
 async def test_a_caller_cancelled_while_queued_never_submits(tmp_path: Path) -> None:
-    sim = make_sim(median=1.0)
+    # A long first task (0.3 s real): with a caller queued, polling turns to throughput
+    # and would otherwise see a 10 ms task end before the queue is observed.
+    sim = make_sim(median=30.0)
     async with client(sim, max_active=1) as flux:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: flux.generate("first", model=MODEL, output_dir=tmp_path))
