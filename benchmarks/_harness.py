@@ -76,14 +76,26 @@ async def simulator(
     durations: Sequence[float],
     *,
     progress: bool = True,
+    models: Sequence[str] | None = None,
+    delivery_mb_s: float = 0.0,
     **config: Any,
 ) -> AsyncIterator[SimServer]:
-    """Serve a simulator planned with ``durations`` in a child process; yield its handle."""
+    """Serve a simulator planned with ``durations`` in a child process; yield its handle.
+
+    ``models[i]``, when given, ties ``durations[i]`` to that model's submits (each model
+    consumes its own durations in order); ``delivery_mb_s`` caps all image bodies
+    together at that many MB per simulated second.
+    """
+    plans: list[dict[str, Any]] = [{"duration": d, "progress": progress} for d in durations]
+    if models is not None:
+        for plan, model in zip(plans, models, strict=True):
+            plan["model"] = model
     spec = {
         "speed": clock.speed,
         "epoch": clock.epoch,
         "config": config,
-        "plans": [{"duration": d, "progress": progress} for d in durations],
+        "plans": plans,
+        "delivery_mb_s": delivery_mb_s,
     }
     command = [sys.executable, str(HERE / "_simserver.py"), json.dumps(spec)]
     process = await anyio.open_process(command, stdin=-1, stdout=-1, stderr=None)
@@ -175,10 +187,23 @@ class Run:
         """Return seconds from the first submit to the last Ready seen."""
         return max(self.detected.values()) - self.started
 
+    def saved_makespan(self) -> float:
+        """Return seconds from the first submit to the last file in place."""
+        return max(self.saved.values()) - self.started
+
     def lags(self) -> list[float]:
         """Return detection lag per task: Ready seen minus the simulator's end time."""
         tasks = self.server["tasks"]
         return [at - tasks[tid]["end_at"] for tid, at in self.detected.items() if tid in tasks]
+
+    def lags_by_model(self) -> dict[str, list[float]]:
+        """Return detection lags grouped by the model each task ran."""
+        tasks = self.server["tasks"]
+        grouped: dict[str, list[float]] = {}
+        for tid, at in self.detected.items():
+            if tid in tasks:
+                grouped.setdefault(tasks[tid]["model"], []).append(at - tasks[tid]["end_at"])
+        return grouped
 
     def polls_per_task(self) -> float:
         polls: dict[str, int] = self.server["polls_by_task"]

@@ -5,7 +5,9 @@
 Points: each client's figures from a ``polling.py --json`` run (loopback simulator). Curves,
 computed offline with ``simulate_schedule`` on 1000 lognormal(median 3 s, sigma 0.5) times
 with the distribution known: a fixed interval swept from 0.25 s to 2 s; the hazard-shaped
-schedule with its rate swept; the same with a two-decimal linear progress, once learned.
+schedule with its rate swept; the same with a two-decimal linear progress, once learned;
+and one curve per polling regime (``_regime``: the paced schedule with its rate swept,
+without progress), each with a ring on the rate the client uses in that regime.
 A hand-written SVG (no plotting library); ``--out`` defaults to
 ``docs/img/polls_vs_lag.svg``.
 """
@@ -16,12 +18,13 @@ import argparse
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flux_async._hazard import HazardPolicy
 from flux_async._latency import LatencyModel
 from flux_async._policy import FixedIntervalPolicy, PollPolicy, simulate_schedule
+from flux_async._regime import FRUGAL, THROUGHPUT, RegimePolicy, RegimeSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT = 900, 470
@@ -48,6 +51,33 @@ def curve(make: Sequence[PollPolicy], progress: bool) -> list[tuple[float, float
     return points
 
 
+def fixed_prior(median: float, sigma: float) -> Callable[[str], tuple[float, float]]:
+    return lambda _key: (median, sigma)
+
+
+def regime_curve(
+    mode: str, chosen: RegimeSettings, mix: Sequence[tuple[float, float]]
+) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+    """Return one regime's offline curve (its rate swept) on its workload's ``mix`` of
+    lognormal (median, sigma) models, equally weighted, and the point of its own rate.
+    """
+    swept = sorted({0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.0, chosen.rate})
+    points = []
+    for rate in swept:
+        settings = RegimeSettings(rate, chosen.first_mass)
+        polls = lag = 0.0
+        for median, sigma in mix:
+            rng = random.Random(7)
+            times = [rng.lognormvariate(math.log(median), sigma) for _ in range(1000)]
+            model = LatencyModel(fixed_prior(median, sigma), prior_weight=1e12, window=1e12)
+            policy = RegimePolicy(model, mode=mode, throughput=settings, frugal=settings)  # type: ignore[arg-type]
+            stats = simulate_schedule(policy, times)
+            polls += stats.polls_per_task / len(mix)
+            lag += stats.mean_lag / len(mix)
+        points.append((polls, lag))
+    return points, points[swept.index(chosen.rate)]
+
+
 def x_of(polls: float) -> float:
     return LEFT + (WIDTH - LEFT - RIGHT) * min(polls, X_MAX) / X_MAX
 
@@ -64,6 +94,10 @@ def svg(rows: list[tuple[str, dict[str, float]]], title: str) -> str:
         [HazardPolicy(known(), rate=r, informed_rate=r) for r in rates[:-2]],
         True,
     )
+    regimes = {
+        "throughput": regime_curve("throughput", THROUGHPUT, [(3.0, 0.5)]),
+        "frugal": regime_curve("frugal", FRUGAL, [(1.0, 0.4), (6.0, 0.4)]),
+    }
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
         f'font-family="sans-serif" font-size="12">',
@@ -94,6 +128,8 @@ def svg(rows: list[tuple[str, dict[str, float]]], title: str) -> str:
         ("fixed interval (offline)", fixed, "#999", "4 3"),
         ("hazard, rate swept (offline)", hazard, "#555", ""),
         ("hazard + learned progress (offline)", informed, "#2ca02c", "2 2"),
+        ("throughput regime, paced (offline)", regimes["throughput"][0], "#d62728", "6 2"),
+        ("frugal regime, klein 1 s / max 6 s mix", regimes["frugal"][0], "#1f77b4", "6 2"),
     ):
         path = " ".join(f"{x_of(p):.1f},{y_of(lag):.1f}" for p, lag in points)
         out.append(
@@ -107,7 +143,18 @@ def svg(rows: list[tuple[str, dict[str, float]]], title: str) -> str:
         )
         out.append(f'<text x="{lx + 30}" y="{legend_y + 4}">{label}</text>')
         legend_y += 18
-    legend_y += 10
+    for mode, colour in (("throughput", "#d62728"), ("frugal", "#1f77b4")):
+        polls, lag = regimes[mode][1]
+        out.append(
+            f'<circle cx="{x_of(polls):.1f}" cy="{y_of(lag):.1f}" r="7" fill="none" '
+            f'stroke="{colour}" stroke-width="2"/>'
+        )
+    lx = WIDTH - RIGHT + 27
+    out.append(
+        f'<circle cx="{lx}" cy="{legend_y}" r="7" fill="none" stroke="#555" stroke-width="2"/>'
+    )
+    out.append(f'<text x="{lx + 18}" y="{legend_y + 4}">the rate each regime uses</text>')
+    legend_y += 28
     out.append(f'<text x="{WIDTH - RIGHT + 15}" y="{legend_y + 4}">measured on loopback:</text>')
     legend_y += 18
     for (name, figures), colour in zip(rows, COLOURS, strict=False):

@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/run_all.py [--out benchmarks/results]
 
-Runs ``polling.py``, ``cap_discovery.py`` and ``downloads.py`` with their defaults (about
-six minutes in all on a 2-core machine), each in its own process, writing
+Runs ``polling.py``, ``cap_discovery.py``, ``downloads.py``, ``regimes.py`` and
+``pipeline.py`` with their defaults (about ten minutes in all on a 2-core machine), each
+in its own process, writing
 ``OUT/{name}.json`` and echoing the tables; then ``plot.py`` draws
 ``docs/img/polls_vs_lag.svg`` from ``OUT/polling.json``.
 """
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("polling", "cap_discovery", "downloads")
+BENCHMARKS = ("polling", "cap_discovery", "downloads", "regimes", "pipeline")
 
 
 def main() -> None:

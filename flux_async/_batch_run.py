@@ -160,6 +160,9 @@ class BatchRunner:
         limit = flux.statistics().limiter.limit
         self._active = min(limit, concurrency)
         self._gate = anyio.Semaphore(self._active)
+        # Finished tasks waiting for or running their download, beyond the workers.
+        self._save_room = anyio.Semaphore(concurrency)
+        self._saves: anyio.abc.TaskGroup | None = None
         self._model_gates: dict[str, anyio.Semaphore] = {}
         self._submitting = True
         self._interrupted = False
@@ -188,11 +191,14 @@ class BatchRunner:
             if stop is not None:
                 outer.start_soon(self._watch, stop)
             send, receive = anyio.create_memory_object_stream[_Job]()
-            async with anyio.create_task_group() as workers:
-                workers.start_soon(self._feed, send)
-                async with receive:
-                    for _ in range(self._concurrency):
-                        workers.start_soon(self._work, receive.clone())
+            # Saves run in their own task group (see _hand_off): workers outlive none of them.
+            async with anyio.create_task_group() as saves:
+                self._saves = saves
+                async with anyio.create_task_group() as workers:
+                    workers.start_soon(self._feed, send)
+                    async with receive:
+                        for _ in range(self._concurrency):
+                            workers.start_soon(self._work, receive.clone())
             outer.cancel_scope.cancel()
 
     def halt(self, reason: str, message: str | None = None) -> None:
@@ -288,7 +294,7 @@ class BatchRunner:
             # Already finished on the server: it takes no place under the active limit.
             result = await self._wait(item, job.task, resumed=True)
             if result is not None:
-                await self._save(item, result)
+                await self._hand_off(item, result)
             return
         async with self._slot(item.model):
             if job.request is not None:
@@ -299,7 +305,26 @@ class BatchRunner:
                 return
             result = await self._wait(item, task, resumed=resumed)
         if result is not None:
+            await self._hand_off(item, result)
+
+    async def _hand_off(self, item: LedgerItem, result: TaskResult) -> None:
+        """Save in the background so this worker takes the next item at once.
+
+        A pipeline, not workers: with large images on a slow link a worker that kept its
+        item through the download would leave the account's slots idle. At most
+        ``concurrency`` saves wait or run beyond the workers (bounded memory).
+        """
+        if self._saves is None:  # pragma: no cover - only run() calls _process
             await self._save(item, result)
+            return
+        await self._save_room.acquire()
+        self._saves.start_soon(self._save_then_free, item, result)
+
+    async def _save_then_free(self, item: LedgerItem, result: TaskResult) -> None:
+        try:
+            await self._save(item, result)
+        finally:
+            self._save_room.release()
 
     @contextlib.asynccontextmanager
     async def _slot(self, model: str) -> AsyncIterator[None]:
@@ -312,7 +337,11 @@ class BatchRunner:
             own = spec.active_limit if spec is not None else DEFAULT_ACTIVE_LIMIT
             cap = min(own, self._active) if own < DEFAULT_ACTIVE_LIMIT else self._active
             gate = self._model_gates[model] = anyio.Semaphore(cap)
-        async with gate, self._gate:
+        async with contextlib.AsyncExitStack() as held:
+            # Waiting here is waiting for a slot: the polling regime must know.
+            with self._flux._waiting_for_slot():
+                await held.enter_async_context(gate)
+                await held.enter_async_context(self._gate)
             yield
 
     async def _submit(self, item: LedgerItem, request: BaseRequest) -> Task | None:

@@ -14,7 +14,9 @@ import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
+    Callable,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -32,7 +34,6 @@ from ._clock import Clock, SystemClock
 from ._download import Downloader, SavedFile, result_deadline
 from ._errors import ClientClosedError, ConfigurationError, DownloadError, FluxError
 from ._events import EventEmitter, EventHook
-from ._hazard import default_policy
 from ._hybrid import HybridPolicy
 from ._limits import ActiveTaskLimiter, Slot
 from ._many import Item, run_many
@@ -43,6 +44,7 @@ from ._policy import PollPolicy
 from ._providers import ApiKey, Provider, get_preset, resolve_api_key
 from ._providers._http import DEFAULT_MAX_REPLY_BYTES
 from ._references import ReferenceImage, reference_placeholders, resolve_references
+from ._regime import PollingMode, regime_policy
 from ._requests import BaseRequest, build_request, validate_request
 from ._scheduler import Scheduler
 from ._statistics import ClientStatistics
@@ -79,8 +81,11 @@ class AsyncFlux:
     Adapting: when the server answers 429 below ``max_active`` (another process shares the
     key, or the plan is smaller), ``adaptive_limit`` lowers the window to what it accepted
     and probes one step up after each ``limit_quiet_period`` seconds without a 429.
-    ``poll_policy`` replaces the default schedule (hazard-shaped polls learned per
-    provider and model, see ``_hazard``).
+    Polling: hazard-shaped polls learned per provider and model (see ``_hazard``), at
+    the rate the moment calls for (see ``_regime``): ``polling="auto"`` (default) spends
+    polls to find finished tasks fast while submissions wait for a slot, and polls
+    sparingly while slots are spare; ``"throughput"`` or ``"frugal"`` fixes one regime.
+    ``poll_policy`` replaces the schedule altogether.
 
     In a web backend (docs/web-backend.md): ``webhook_url`` makes every submission carry
     it and ``webhook_secret`` (None: a fresh random one); deliveries go to
@@ -114,6 +119,7 @@ class AsyncFlux:
         rate_limit_timeout: float = 600.0,
         max_submit_retries: int = 5,
         poll_policy: PollPolicy | None = None,
+        polling: PollingMode = "auto",
         adaptive_limit: bool = True,
         limit_quiet_period: float = 30.0,
         clock: Clock | None = None,
@@ -157,7 +163,15 @@ class AsyncFlux:
             max_retries=max_submit_retries,
         )
         # Latency-aware polling, learned per provider:model from the catalog's prior.
-        self._policy: PollPolicy = poll_policy or default_policy(self._preset.latency_scale)
+        # Submissions waiting for a slot: the limiter's own waiters, and those a caller
+        # holds back before submitting (a batch marks an item "submitting" only once it
+        # may go), see ``_waiting_for_slot``.
+        self._held_back = 0
+        self._policy: PollPolicy = poll_policy or regime_policy(
+            self._preset.latency_scale,
+            mode=polling,
+            waiting=lambda: self._limiter.waiting + self._held_back,
+        )
         self._events = EventEmitter(event_hooks, clock=self._clock)
         self._webhooks = WebhookReceiver(
             webhook_url,
@@ -546,12 +560,15 @@ class AsyncFlux:
         output_dir: Path,
         stem: str | None,
         images: Sequence[ReferenceImage] | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> GeneratedImage:
         task = await self._submit(request, images)
         dest = output_dir / (stem or task_stem(task.id))
         # Paid from here on: if this caller is cancelled, the orphan keeper takes over.
         with self._orphans.guard(task, dest) as guard:
             result = guard.result = await self.wait(task)
+            if on_ready is not None:
+                on_ready()  # generate_many: the next item may submit during this download
             saved = await self._save_file(result, dest, overwrite=False)
         return GeneratedImage(
             path=saved.path,
@@ -563,6 +580,20 @@ class AsyncFlux:
             size=saved.size,
             prompt_used=result.prompt,
         )
+
+    @contextlib.contextmanager
+    def _waiting_for_slot(self) -> Iterator[None]:
+        """Count the caller as a submission waiting for a slot while inside the block.
+
+        For callers that queue before :meth:`submit` (``flux-async batch`` does): the
+        polling regime (``polling="auto"``) then knows a backlog waits, as it knows of
+        the limiter's own waiters.
+        """
+        self._held_back += 1
+        try:
+            yield
+        finally:
+            self._held_back -= 1
 
     # -- many images --------------------------------------------------------------------
 
@@ -579,7 +610,9 @@ class AsyncFlux:
 
         Items are prompts, mappings of request fields (``prompt``, ``model``, ...), or
         request models. ``defaults`` apply to every item; an item's own fields win.
-        At most ``concurrency`` items are in progress (default: twice the active limit).
+        At most ``concurrency`` items are being submitted or generated (default: twice
+        the active limit); an item whose task is Ready makes room for the next while its
+        image downloads, and at most ``concurrency`` more wait for or run their download.
         Item ``i`` is saved as ``{i:05d}.<ext>``, or ``{i:05d}-1.<ext>``, ... when that
         name is taken: an existing file is never replaced. A malformed item (wrong type,
         unknown field, a rule broken) is that item's failed outcome (ValidationError).

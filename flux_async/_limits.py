@@ -170,6 +170,11 @@ class ActiveTaskLimiter:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def waiting(self) -> int:
+        """Acquirers waiting for a slot now (the polling regime reads it)."""
+        return len(self._waiters)
+
     def model_limit(self, model: str) -> int:
         """Return the cap for ``model`` (its own cap, else the account's)."""
         return min(self._model_limits.get(model, self._limit), self._limit)

@@ -25,14 +25,17 @@ import anyio.abc
 from ._errors import FluxError, ValidationError
 from ._guard import unexpected
 from ._models import GeneratedImage, Outcome
+from ._pipeline import Stages, Ticket
 from ._references import ReferenceImage, reference_placeholders
 from ._requests import BaseRequest, build_request, validate_request
 
 __all__ = ["GenerateOne", "Item", "run_many"]
 
 Item = str | Mapping[str, Any] | BaseRequest
+# (request, output dir, file stem, reference images, called once the task is Ready)
 GenerateOne = Callable[
-    [BaseRequest, Path, str | None, Sequence[ReferenceImage] | None], Awaitable[GeneratedImage]
+    [BaseRequest, Path, str | None, Sequence[ReferenceImage] | None, Callable[[], None]],
+    Awaitable[GeneratedImage],
 ]
 
 
@@ -46,14 +49,18 @@ async def run_many(
     output_dir: Path,
     defaults: Mapping[str, Any],
 ) -> None:
-    """Run ``generate`` for every item, at most ``limit`` at once, sending each outcome."""
-    gate = anyio.Semaphore(limit)
+    """Run ``generate`` for every item, sending each outcome: at most ``limit`` items
+    before their task is Ready, and as many again waiting for or in their download.
+    """
+    stages = Stages(limit, backlog=limit)
     with scope:
         async with send, anyio.create_task_group() as tg:
             index = 0
             async for item in _aiter(items):
-                await gate.acquire()
-                tg.start_soon(_one, generate, index, item, send, gate, model, output_dir, defaults)
+                ticket = await stages.admit()
+                tg.start_soon(
+                    _one, generate, index, item, send, ticket, model, output_dir, defaults
+                )
                 index += 1
 
 
@@ -62,7 +69,7 @@ async def _one(
     index: int,
     item: Item,
     send: anyio.abc.ObjectSendStream[Outcome],
-    gate: anyio.Semaphore,
+    ticket: Ticket,
     model: str,
     output_dir: Path,
     defaults: Mapping[str, Any],
@@ -71,7 +78,7 @@ async def _one(
     try:
         request, images = item_request(item, model, defaults, index=index)
         prompt = getattr(request, "prompt", None)
-        image = await generate(request, output_dir, f"{index:05d}", images)
+        image = await generate(request, output_dir, f"{index:05d}", images, ticket.ready)
         outcome = Outcome(index=index, prompt=prompt, image=image, task_id=image.task_id)
     except FluxError as exc:
         prompt = prompt or item_prompt(item)
@@ -80,7 +87,7 @@ async def _one(
         error = unexpected(exc, task_id=None, where=f"item {index}")
         outcome = Outcome(index=index, prompt=prompt or item_prompt(item), error=error)
     finally:
-        gate.release()
+        ticket.close()
     await send.send(outcome)
 
 

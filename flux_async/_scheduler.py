@@ -262,6 +262,7 @@ class Scheduler:
                         await self._clock.sleep(max(wait, _MIN_BUDGET_WAIT))
                         continue
                     heapq.heappop(self._heap)
+                    entry.seq = -1  # not queued while its poll is out
                     self._budget.take(now, self._pending)
                     self._in_flight += 1
                     jobs.start_soon(self._poll_job, entry)
@@ -407,6 +408,7 @@ class Scheduler:
             self._policy.observe_completion(
                 state.key, now - state.submitted_at, censored_at=censored, state=state
             )
+            self._replan(state.key, now)
         return TaskResult(
             task=entry.task,
             sample_url=sample.sample,
@@ -417,6 +419,19 @@ class Scheduler:
             ready_at=now,
             reply=reply,
         )
+
+    def _replan(self, key: str, now: float) -> None:
+        # A policy that learns fast (see ``_regime``) moves the queued polls of the key
+        # it just learned about, so a cold start pays for its guess once, not per task.
+        replan = getattr(self._policy, "replan_delay", None)
+        if replan is None:
+            return
+        for entry in list(self._entries.values()):
+            if entry.outcome is None and entry.seq >= 0 and entry.state.key == key:
+                delay = replan(entry.state, now)
+                if delay is None:
+                    return  # the key is warm: every queued poll stands
+                self._push(entry, now + delay)
 
     def _finish(self, entry: _Entry, outcome: TaskResult | FluxError) -> None:
         if entry.outcome is None:

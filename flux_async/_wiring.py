@@ -10,6 +10,7 @@ import contextlib
 
 import httpx
 
+from ._budget import RateBudget
 from ._clock import Clock
 from ._download import Downloader
 from ._events import EventEmitter
@@ -47,7 +48,7 @@ async def open_parts(
     """
     busy = max_active + max_polls
     api_http = await stack.enter_async_context(
-        api_client(transport, timeout=http_timeout, busy=busy)
+        api_client(transport, timeout=http_timeout, busy=busy, keep_alive=max_polls)
     )
     download_http = await stack.enter_async_context(
         download_client(transport, timeout=http_timeout)
@@ -72,5 +73,8 @@ async def open_parts(
         policy=policy,
         max_concurrent_polls=max_polls,
         task_timeout=task_timeout,
+        # The 0.5 s loop's rate: the throughput regime (``_regime``) paces each task to
+        # at most that, so the budget only guards against a runaway policy.
+        budget=RateBudget(per_task=2.0),
     )
     return provider, downloader, scheduler, poll

@@ -158,7 +158,9 @@ async def test_no_log_record_carries_the_key_or_a_signed_url(
             sim,
             webhook_url=url,
             webhook_secret=SECRET,
-            webhook_fallback=1.0,
+            # 5 s (125 ms real): the webhook, not a fallback poll, must resolve the first
+            # task; at 1 s (25 ms real) a loaded machine let the poll win now and then.
+            webhook_fallback=5.0,
             event_hooks=[events.append],
         ) as flux,
         sim.webhooks.running(sink=flux.webhook_app()),

@@ -1,0 +1,228 @@
+"""Polling that knows its regime: the decision, the schedules it picks, the cold start."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import anyio
+import pytest
+
+from flux_async import AsyncFlux, ManualClock
+from flux_async._hazard import HazardPolicy, catalog_prior
+from flux_async._latency import LatencyModel
+from flux_async._models import PollReply, Task
+from flux_async._policy import FixedIntervalPolicy, PollPolicy, PollState, simulate_schedule
+from flux_async._regime import (
+    FRUGAL,
+    THROUGHPUT,
+    PollingMode,
+    Regime,
+    RegimePolicy,
+    choose_regime,
+    paced,
+    regime_policy,
+)
+from flux_async._scheduler import Scheduler
+from flux_async.testing import FAKE_API_KEY
+
+from .test_scheduler import FakeServer, Script, drive, ready, status
+
+KEY = "bfl:flux-2-pro"
+
+
+def known(median: float, sigma: float) -> LatencyModel:
+    return LatencyModel(lambda _key: (median, sigma), prior_weight=1e12, window=1e12)
+
+
+@pytest.mark.parametrize(
+    ("mode", "waiting", "regime"),
+    [
+        ("auto", 0, "frugal"),
+        ("auto", 1, "throughput"),
+        ("auto", 500, "throughput"),
+        ("throughput", 0, "throughput"),
+        ("throughput", 3, "throughput"),
+        ("frugal", 0, "frugal"),
+        ("frugal", 3, "frugal"),
+    ],
+)
+def test_the_regime_follows_the_backlog_in_auto(
+    mode: PollingMode, waiting: int, regime: Regime
+) -> None:
+    assert choose_regime(mode, waiting) == regime
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="auto, throughput, frugal"):
+        choose_regime("fast", 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="polling must be"):
+        RegimePolicy(known(3.0, 0.5), mode="eager")  # type: ignore[arg-type]
+
+
+def test_a_backlog_tightens_the_next_poll_and_its_end_relaxes_it() -> None:
+    waiting = [0]
+    model = known(3.0, 0.5)
+    model.observe(KEY, 3.0)  # warm: no scouting
+    policy = RegimePolicy(model, waiting=lambda: waiting[0])
+    delays: dict[tuple[int, int], tuple[float, float]] = {}
+    for backlog in (0, 5, 0):
+        waiting[0] = backlog
+        state = PollState(KEY, submitted_at=100.0)
+        first = policy.first_delay(state, 100.0)
+        delays[backlog, len(delays)] = (first, policy.next_delay(state, 102.5, progress=None))
+    frugal, busy, frugal_again = delays.values()
+    assert frugal == frugal_again
+    # With a backlog both the first and the next poll come sooner.
+    assert busy[0] < frugal[0]
+    assert busy[1] < frugal[1]
+    assert policy.regime() == "frugal"
+
+
+@pytest.mark.parametrize(("median", "sigma"), [(3.0, 0.5), (2.0, 0.4), (6.0, 0.4)])
+def test_throughput_polls_less_than_the_half_second_loop_and_sees_sooner(
+    median: float, sigma: float
+) -> None:
+    rng = random.Random(7)
+    times = [rng.lognormvariate(math.log(median), sigma) for _ in range(400)]
+    naive = simulate_schedule(FixedIntervalPolicy(0.5), times, 0.005)
+    busy = simulate_schedule(RegimePolicy(known(median, sigma), mode="throughput"), times, 0.005)
+    assert busy.polls_per_task <= naive.polls_per_task
+    assert busy.mean_lag < naive.mean_lag
+
+
+def test_frugal_spends_under_half_the_loop_polls_on_the_mix() -> None:
+    rng = random.Random(7)
+    polls = lags = loop = 0.0
+    for median in (1.0, 6.0):
+        times = [rng.lognormvariate(math.log(median), 0.4) for _ in range(400)]
+        frugal = simulate_schedule(RegimePolicy(known(median, 0.4), mode="frugal"), times, 0.005)
+        naive = simulate_schedule(FixedIntervalPolicy(0.5), times, 0.005)
+        polls += frugal.polls_per_task / 2
+        lags += frugal.mean_lag / 2
+        loop += naive.polls_per_task / 2
+    assert polls <= 0.42 * loop
+    assert lags <= 0.37
+
+
+def test_the_settings_are_ordered() -> None:
+    assert THROUGHPUT.rate > FRUGAL.rate > 0.0
+
+
+def test_replanning_follows_what_the_key_learned_and_stops_once_warm() -> None:
+    model = LatencyModel(lambda _key: (10.0, 0.5))  # the catalog's guess: 10 s
+    policy = RegimePolicy(model, mode="frugal", cold_count=3)
+    fresh = PollState(KEY, submitted_at=0.0)
+    planned = policy.replan_delay(fresh, 0.0)
+    assert planned is not None
+    # Three tasks seen done by 2 s: the queued first poll moves much earlier.
+    for _ in range(2):
+        model.observe(KEY, 2.0, censored_at=1.5)
+    replanned = policy.replan_delay(fresh, 0.5)
+    assert replanned is not None
+    assert replanned + 0.5 < planned
+    # A task polled at 1.2 s is not polled again before the floor has passed.
+    polled = PollState(KEY, submitted_at=0.0)
+    polled.record(1.2, None)
+    again = policy.replan_delay(polled, 1.25)
+    assert again is not None
+    assert again >= policy.floor - 0.05 - 1e-9
+    model.observe(KEY, 2.0, censored_at=1.5)
+    assert not policy.cold(KEY)
+    assert policy.replan_delay(fresh, 0.5) is None
+
+
+def test_a_cold_key_starts_with_a_wider_prior_than_the_catalog() -> None:
+    model = LatencyModel(lambda _key: (10.0, 0.3))
+    policy = RegimePolicy(model, mode="frugal")
+    cold = policy.replan_delay(PollState(KEY, submitted_at=0.0), 0.0)
+    model.observe(KEY, 10.0)
+    warm = policy.replan_delay(PollState(KEY, submitted_at=0.0), 0.0)
+    assert cold is not None
+    assert warm is not None
+    assert cold < warm
+
+
+def test_the_first_polls_of_a_cold_key_are_staggered_then_paced() -> None:
+    policy = RegimePolicy(LatencyModel(lambda _key: (10.0, 0.5)), mode="throughput")
+    firsts = [policy.first_delay(PollState(KEY, submitted_at=0.0), 0.0) for _ in range(4)]
+    assert firsts[0] < firsts[2] < firsts[1] == firsts[3]
+    quick = RegimePolicy(LatencyModel(lambda _key: (0.2, 0.5)), mode="throughput", loop_bank=0)
+    # A 0.2 s guess, yet the first poll is not before the 0.5 s loop's.
+    assert quick.first_delay(PollState(KEY, submitted_at=0.0), 0.0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("delay", "polls", "elapsed", "paced_delay"),
+    [
+        (0.1, 0, 0.0, 0.5),  # first poll: not before 0.5 s
+        (0.9, 0, 0.0, 0.9),
+        (0.15, 3, 1.9, 0.15),  # 4th poll at 2.05 s >= 2.0 s
+        (0.05, 3, 1.9, 0.1),  # 4th poll pushed to 2.0 s
+        (0.2, 1, 5.0, 0.2),  # late in a long task the pace never binds
+    ],
+)
+def test_the_pace_never_outruns_the_half_second_loop(
+    delay: float, polls: int, elapsed: float, paced_delay: float
+) -> None:
+    assert paced(delay, polls, elapsed, 0.5) == pytest.approx(paced_delay)
+    # A bank of 2 lets the 4th poll come as early as the 2nd of the loop (1.0 s).
+    assert paced(delay, polls, elapsed, 0.5, bank=2) == pytest.approx(
+        max(delay, (polls - 1) * 0.5 - elapsed)
+    )
+
+
+async def one_round(policy: PollPolicy, durations: list[float]) -> tuple[float, float]:
+    """Run tasks submitted together through a Scheduler; return (mean lag, polls per task)."""
+    clock = ManualClock()
+    server = FakeServer(clock)
+    sched = Scheduler(server.poll, clock=clock, policy=policy, max_concurrent_polls=64)
+    tasks = [server.task(f"t{i}", plain_after(d, f"t{i}")) for i, d in enumerate(durations)]
+    lags: list[float] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        for task in tasks:
+            sched.add(task)
+
+        async def collect(task: Task, duration: float) -> None:
+            result = await sched.wait(task)
+            lags.append(result.ready_at - duration)
+
+        for task, duration in zip(tasks, durations, strict=True):
+            tg.start_soon(collect, task, duration)
+        await drive(clock, lambda: len(lags) == len(tasks))
+        tg.cancel_scope.cancel()
+    return sum(lags) / len(lags), sum(server.polls.values()) / len(tasks)
+
+
+def plain_after(seconds: float, task_id: str) -> Script:
+    """Pending without progress until ``seconds``, then Ready."""
+
+    def script(elapsed: float) -> PollReply:
+        return ready(task_id) if elapsed >= seconds else status(task_id, "Pending")
+
+    return script
+
+
+@pytest.mark.anyio
+async def test_a_cold_start_learns_within_the_round() -> None:
+    # flux-2-pro's catalog guess is 6 s; these tasks, all submitted at once, take ~3 s.
+    rng = random.Random(3)
+    durations = [rng.lognormvariate(math.log(3.0), 0.5) for _ in range(48)]
+    catalog = LatencyModel(catalog_prior)
+    plain = HazardPolicy(catalog, rate=FRUGAL.rate, first_mass=FRUGAL.first_mass)
+    learning = regime_policy(mode="frugal")
+    plain_lag, _ = await one_round(plain, durations)
+    lag, polls = await one_round(learning, durations)
+    # Scouts and re-planning: the round pays for the guess once, not once per task.
+    assert lag < 0.6 * plain_lag
+    assert polls < 6.0
+    assert learning.model.count("bfl:flux-2-pro") == len(durations)
+
+
+@pytest.mark.anyio
+async def test_the_client_takes_a_polling_mode() -> None:
+    async with AsyncFlux(api_key=FAKE_API_KEY, polling="throughput") as flux:
+        assert "throughput" in repr(flux._policy)
+    with pytest.raises(ValueError, match="polling must be"):
+        AsyncFlux(api_key=FAKE_API_KEY, polling="eager")  # type: ignore[arg-type]
