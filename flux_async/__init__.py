@@ -20,6 +20,7 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     ConnectError,
+    CoordinatorError,
     DownloadError,
     FluxError,
     GenerationError,
@@ -38,6 +39,7 @@ from ._errors import (
     ValidationError,
 )
 from ._events import (
+    CoordinatorChanged,
     Event,
     EventHook,
     ImageSaved,
@@ -48,6 +50,7 @@ from ._events import (
     TaskSubmitted,
     WebhookReceived,
 )
+from ._fleet import Coordinator
 from ._models import GeneratedImage, Outcome, PollReply, Task, TaskResult
 from ._orphans import OnCancel, OrphanStatistics
 from ._requests import (
@@ -85,6 +88,9 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "ConnectError",
+    "Coordinator",
+    "CoordinatorChanged",
+    "CoordinatorError",
     "DownloadError",
     "Event",
     "EventHook",

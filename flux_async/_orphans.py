@@ -151,8 +151,14 @@ class OrphanKeeper:
             self._forget(task_id)
         self._work.exit()
 
-    def adopt(self, task: Task, dest: Path, result: TaskResult | None) -> None:
-        """Take over ``task`` (its caller was cancelled); the caller's work unit comes along."""
+    def adopt(
+        self, task: Task, dest: Path, result: TaskResult | None, *, exact: bool = False
+    ) -> None:
+        """Take over ``task`` (its caller was cancelled); the caller's work unit comes along.
+
+        ``exact``: save to ``dest`` even when ``orphan_dir`` is set (a task adopted from a
+        dead process of the fleet, whose recorded destination is reachable).
+        """
         self._adopted += 1
         self._events.emit(
             TaskOrphaned(task.id, task.model, task.cost, self.on_cancel, self._events.clock.time())
@@ -169,9 +175,11 @@ class OrphanKeeper:
             self._finish(task.id)
             return
         self._pending.add(task.id)
-        tg.start_soon(self._keep, task, dest, result)
+        tg.start_soon(self._keep, task, dest, result, exact)
 
-    async def _keep(self, task: Task, dest: Path, result: TaskResult | None) -> None:
+    async def _keep(
+        self, task: Task, dest: Path, result: TaskResult | None, exact: bool = False
+    ) -> None:
         try:
             if result is None and self._wait is not None:
                 result = await self._wait(task)
@@ -186,7 +194,7 @@ class OrphanKeeper:
                 return
             if result is None or self._save is None:
                 return
-            target = self.orphan_dir / task.id if self.orphan_dir is not None else dest
+            target = dest if exact or self.orphan_dir is None else self.orphan_dir / task.id
             path = await self._save(result, target)
             self._saved += 1
             image = GeneratedImage(

@@ -1,0 +1,178 @@
+"""A fleet in one test process: clients sharing one cap through a real loopback Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
+
+import anyio
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from flux_async import AsyncFlux, ConfigurationError, CoordinatorChanged, Event
+from flux_async._cli import main
+from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id
+from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, ScaledClock, Simulator, SimulatorConfig
+from tests._redis import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+SPEED = 20.0  # simulated seconds per real second
+
+
+def fast_config(**changes: Any) -> SimulatorConfig:
+    latency = dict.fromkeys(KNOWN_MODELS, (2.0, 0.3))
+    return SimulatorConfig(latency=latency, image_bytes=1024, **changes)
+
+
+def coordinator(url: str, **timings: float) -> Coordinator:
+    options = {"heartbeat": 1.0, "ttl": 4.0, "timeout": 1.0, "pump_interval": 1.0}
+    options.update(timings)
+    return Coordinator(url, **options)
+
+
+@asynccontextmanager
+async def fleet(
+    sim: Simulator, url: str, n: int, cap: int, **options: Any
+) -> AsyncIterator[list[AsyncFlux]]:
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                AsyncFlux(
+                    api_key=FAKE_API_KEY,
+                    base_url=sim.config.api_base,
+                    transport=sim.transport(),
+                    clock=sim.clock,
+                    max_active=cap,
+                    coordinator=coordinator(url),
+                    **options,
+                )
+            )
+            for _ in range(n)
+        ]
+        yield clients
+
+
+async def run_all(flux: AsyncFlux, prompts: Sequence[str], out: Path) -> int:
+    saved = 0
+    async for outcome in flux.generate_many(prompts, output_dir=out):
+        assert outcome.error is None, outcome.error
+        saved += 1
+    return saved
+
+
+async def test_two_clients_share_one_cap_without_a_429(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    sim = Simulator(fast_config(active_limit=4), clock=ScaledClock(SPEED))
+    counts = [0, 0]
+    async with fleet(sim, redis_server.url, 2, cap=4) as (a, b):
+
+        async def one(index: int, flux: AsyncFlux) -> None:
+            prompts = [f"fox {index}-{n}" for n in range(12)]
+            out = tmp_path / str(index)
+            out.mkdir()
+            counts[index] = await run_all(flux, prompts, out)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, 0, a)
+            tg.start_soon(one, 1, b)
+        assert a.statistics().limiter.in_flight == b.statistics().limiter.in_flight == 0
+    assert counts == [12, 12]
+    assert len(list(tmp_path.glob("*/*.jpeg"))) == 24
+    assert sim.records.max_active_seen == 4  # the whole cap was used, never more
+    assert sim.records.rejected_429 == 0
+
+
+async def test_the_key_never_reaches_redis(redis_server: RedisServer, tmp_path: Path) -> None:
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    async with fleet(sim, redis_server.url, 1, cap=2) as (flux,):
+        await run_all(flux, ["a fox", "a hare"], tmp_path)
+        redis = Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            dump: list[str] = []
+            async for key in redis.scan_iter("*"):
+                dump.append(str(key))
+                kind = await redis.type(key)
+                if kind == "hash":
+                    fields = await redis.hgetall(key)
+                    dump += [f"{k!s}={v!s}" for k, v in fields.items()]
+            assert dump, "the fleet wrote nothing to Redis"
+            assert all(FAKE_API_KEY not in entry for entry in dump)
+            assert any(fleet_id("bfl", FAKE_API_KEY) in entry for entry in dump)
+        finally:
+            await redis.aclose()
+
+
+def test_fleet_id_is_a_keyed_hash_per_provider_and_key() -> None:
+    one = fleet_id("bfl", "key-one")
+    assert len(one) == 32
+    assert "key-one" not in one
+    assert one == fleet_id("bfl", "key-one")
+    assert one != fleet_id("bfl", "key-two") != fleet_id("dmxapi", "key-one")
+
+
+def test_coordinator_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(COORDINATOR_ENV, raising=False)
+    assert Coordinator.resolve(None) is None
+    monkeypatch.setenv(COORDINATOR_ENV, "redis://:sekrit@127.0.0.1:1/0")
+    found = Coordinator.resolve(None)
+    assert found is not None
+    assert found.redis == "redis://:sekrit@127.0.0.1:1/0"
+    assert "sekrit" not in repr(found)
+    given = Coordinator("rediss://example.invalid:6380/1")
+    assert Coordinator.resolve(given) is given
+    with pytest.raises(ConfigurationError, match="redis://"):
+        Coordinator("http://127.0.0.1:6379")
+    with pytest.raises(ConfigurationError, match="heartbeat"):
+        Coordinator("redis://127.0.0.1", heartbeat=5.0, ttl=5.0)
+
+
+async def test_a_client_without_redis_runs_on_one_slot_and_says_so(tmp_path: Path) -> None:
+    # Nothing listens on the port: the client still works, on the share of an unknown
+    # fleet (one slot), and emits one event saying the coordinator is lost.
+    events: list[Event] = []
+
+    def hook(event: Event) -> None:
+        events.append(event)
+
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    async with AsyncFlux(
+        api_key=FAKE_API_KEY,
+        base_url=sim.config.api_base,
+        transport=sim.transport(),
+        clock=sim.clock,
+        max_active=4,
+        coordinator=coordinator("redis://127.0.0.1:9/0", timeout=0.5),
+        event_hooks=[hook],
+    ) as flux:
+        assert await run_all(flux, ["a", "b", "c"], tmp_path) == 3
+    assert sim.records.max_active_seen == 1
+    changes = [e for e in events if isinstance(e, CoordinatorChanged)]
+    assert [c.state for c in changes] == ["lost"]
+
+
+@pytest.mark.parametrize("command", ["generate", "batch"])
+def test_cli_coordinator_option_joins_the_fleet(
+    command: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\na hare\n", encoding="utf-8")
+    fast = ["--simulate", "--sim-speed", "300", "--coordinator", redis_server.url]
+    if command == "generate":
+        argv = ["generate", "a fox", "--out", str(tmp_path), *fast]
+    else:
+        argv = ["batch", str(prompts), "--out", str(tmp_path / "out"), "--no-progress", *fast]
+    assert main(argv) == 0
+    redis = SyncRedis.from_url(redis_server.url, decode_responses=True)
+    try:
+        owners = f"flux_async:{{{fleet_id('bfl', FAKE_API_KEY)}}}:owners"
+        # The process joined, then left (score 0: the fleet may adopt what it left).
+        assert redis.zrange(owners, 0, -1, withscores=True) == [(ANY, 0.0)]
+        assert redis.hlen(owners.replace("owners", "leases")) == 0
+    finally:
+        redis.close()
