@@ -390,6 +390,8 @@ class AsyncFlux:
         task, slot = await self._submitter.submit(provider, req)
         dest = output[0] / (output[1] or task.id) if output is not None else None
         self._track(scheduler, task, slot, dest=dest)
+        if self._fleet is not None:
+            await self._fleet.registered(task.id)
         return task
 
     async def _with_references(

@@ -97,6 +97,10 @@ class Fleet:
         lease = slot.lease if isinstance(slot, FleetSlot) else None
         self.registry.register(task, lease, dest)
 
+    async def registered(self, task_id: str) -> None:
+        """Wait until a just-submitted task's record reached Redis (or failed to)."""
+        await self.registry.written(task_id)
+
     def unregister(self, task_id: str) -> None:
         """Drop a task's record: its image is saved or it ended without one."""
         self.registry.unregister(task_id)

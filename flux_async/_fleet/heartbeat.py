@@ -75,6 +75,10 @@ class Heartbeat:
                 known, live, *dead = reply
                 self.beats += 1
                 if not int(known) or not limiter.connected:
+                    # Rejoining (Redis restarted, or was away): put back what we hold.
+                    leases = limiter.lease_list()
+                    if leases:
+                        await self._session.script(scripts.OCCUPY, self._session.owner, *leases)
                     await self._registry.republish()
                 limiter.rejoined(int(live))
                 for owner in dead:

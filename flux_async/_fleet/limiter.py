@@ -294,10 +294,16 @@ class FleetLimiter(ActiveTaskLimiter):
             )
         self._wake.set()
 
-    def post(self, op: Callable[..., Awaitable[object]], *args: object) -> None:
-        """Run ``op(*args)`` in the background; a Redis failure is healed by the heartbeat."""
-        if self._tg is not None and not self._tg.cancel_scope.cancel_called:
-            self._tg.start_soon(self._run_op, op, args)
+    def post(self, op: Callable[..., Awaitable[object]], *args: object) -> bool:
+        """Run ``op(*args)`` in the background; False when the client is stopping.
+
+        A Redis failure in ``op`` puts the limiter on its local share; the heartbeat heals
+        what the op would have written.
+        """
+        if self._tg is None or self._tg.cancel_scope.cancel_called:
+            return False
+        self._tg.start_soon(self._run_op, op, args)
+        return True
 
     async def _run_op(self, op: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
         try:

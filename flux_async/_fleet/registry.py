@@ -7,8 +7,10 @@ owner stops heartbeating, one survivor claims its records atomically (``scripts.
 and sees each task to its end. The key never enters a record; a record expires on its own
 ``_RECORD_GRACE`` seconds after the task's deadline, so nothing piles up.
 
-Writes are fire-and-forget (the heartbeat re-publishes what Redis lost after a restart):
-a submit never waits on Redis to be recorded.
+A submit returns once its record is written (or the write failed: bounded by the
+coordinator's timeout, and then the heartbeat re-publishes it when Redis is back). The
+gap left: a process killed between the submit's answer and that write loses the task's
+record, as nothing was known before the answer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import anyio
 
 from .._clock import Clock
 from .._models import Task
@@ -103,6 +107,7 @@ class TaskRegistry:
         self._clock = clock
         self._task_timeout = task_timeout
         self.local: dict[str, dict[str, str]] = {}
+        self._written: dict[str, anyio.Event] = {}
 
     def register(self, task: Task, lease: str | None, dest: Path | None) -> None:
         """Record ``task`` (fire-and-forget); ``dest`` is where its image should go."""
@@ -122,9 +127,26 @@ class TaskRegistry:
             "expires": str(int(submitted + self._task_timeout + _RECORD_GRACE)),
         }
         self.local[task.id] = record
-        self._limiter.post(self._write, record)
+        self._written[task.id] = written = anyio.Event()
+        if not self._limiter.post(self._write, record):
+            del self._written[task.id]
+            written.set()
+
+    async def written(self, task_id: str) -> None:
+        """Wait until ``task_id``'s record reached Redis, or failed to (bounded)."""
+        event = self._written.get(task_id)
+        if event is not None:
+            await event.wait()
 
     async def _write(self, record: dict[str, str]) -> None:
+        try:
+            await self._write_now(record)
+        finally:
+            event = self._written.pop(record["id"], None)
+            if event is not None:
+                event.set()
+
+    async def _write_now(self, record: dict[str, str]) -> None:
         if record["id"] not in self.local:
             return  # unregistered before it was written
         key = self._session.prefix + "task:" + record["id"]

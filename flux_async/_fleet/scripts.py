@@ -99,9 +99,9 @@ end
 """
 
 # ARGV: prefix, owner, ttl_ms, then ``lease \t model`` for every slot the owner holds.
-# Renew the heartbeat and make Redis agree with the owner's slots (a lease it holds but
-# Redis lost is added back; one Redis holds but the owner gave back, or never collected,
-# is dropped, except grants not yet collected). Returns
+# Renew the heartbeat and drop the leases Redis holds for the owner but the owner does not
+# (a release that never reached Redis), except grants not yet collected. (Leases Redis
+# lost in a restart are added back by OCCUPY when the owner rejoins.) Returns
 # {1 if the owner was known else 0, live owners, dead owner ids...}.
 BEAT: Final = (
     _PRELUDE
@@ -111,11 +111,7 @@ local now = now_ms()
 local known = redis.call('ZSCORE', P .. 'owners', owner) and 1 or 0
 redis.call('ZADD', P .. 'owners', now + ttl, owner)
 local mine = {}
-for i = 4, #ARG do
-  local f = split(ARG[i])
-  mine[f[1]] = true
-  if redis.call('HEXISTS', P .. 'leases', f[1]) == 0 then add_lease(f[1], owner, f[2]) end
-end
+for i = 4, #ARG do mine[split(ARG[i])[1]] = true end
 local pending = {}
 for _, t in ipairs(redis.call('LRANGE', P .. 'granted:' .. owner, 0, -1)) do pending[t] = true end
 for _, lease in ipairs(redis.call('SMEMBERS', P .. 'held:' .. owner)) do
