@@ -230,3 +230,54 @@ async def test_a_closed_clients_unfinished_tasks_are_adopted_and_saved(
     assert sorted(orphaned) == sorted(left)
     assert {e.task_id for e in events if isinstance(e, ImageSaved) and e.orphan} == left
     assert len(sim.records.submits) == 2  # adopted, never submitted again
+
+
+async def test_redis_killed_and_restarted_mid_run_loses_nothing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    sim = Simulator(fast_config(active_limit=4), clock=ScaledClock(SPEED))
+    events: list[Event] = []
+
+    def hook(event: Event) -> None:
+        events.append(event)
+
+    counts = [0, 0]
+    async with fleet(sim, redis_server.url, 2, cap=4, event_hooks=[hook]) as clients:
+
+        async def one(index: int, flux: AsyncFlux) -> None:
+            out = tmp_path / str(index)
+            out.mkdir()
+            counts[index] = await run_all(flux, [f"fox {index}-{n}" for n in range(16)], out)
+
+        async def outage() -> None:
+            while len(sim.records.submits) < 6:  # noqa: ASYNC110 - no event to wait on
+                await anyio.sleep(0.01)
+            redis_server.kill()
+            while len(sim.records.submits) < 14:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            redis_server.start()
+
+        with anyio.fail_after(30):
+            # Both have seen the other: each one's share while Redis is away is 4 / 2.
+            while any(getattr(flux._limiter, "fleet_size", 0) != 2 for flux in clients):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outage)
+            for index, flux in enumerate(clients):
+                tg.start_soon(one, index, flux)
+        # Both come back: the heartbeat rejoins after the restart.
+        with anyio.fail_after(30):
+            while [e.state for e in events if isinstance(e, CoordinatorChanged)].count(  # noqa: ASYNC110
+                "rejoined"
+            ) < 2:
+                await anyio.sleep(0.02)
+    assert counts == [16, 16]
+    submitted = [r.body["prompt"] for r in sim.records.submits if r.task_id is not None]
+    assert sorted(submitted) == sorted(set(submitted))  # nothing submitted twice
+    assert len(submitted) == 32
+    assert sim.records.max_active_seen <= 4  # two processes on 2 slots each meanwhile
+    changes = [e.state for e in events if isinstance(e, CoordinatorChanged)]
+    assert changes.count("lost") >= 2  # once per process and outage (a stale connection
+    assert changes.count("rejoined") == changes.count("lost")  # may add a brief one)
+    lost = [e for e in events if isinstance(e, CoordinatorChanged) and e.state == "lost"]
+    assert all((e.fleet_size, e.local_share) == (2, 2) for e in lost)

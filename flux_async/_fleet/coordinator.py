@@ -18,7 +18,7 @@ import hmac
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -144,31 +144,47 @@ class FleetSession:
         if runner is None:
             runner = self._scripts[source] = self._client().register_script(source)
         now = int(self.clock.time() * 1000)
-        return await self._bounded(runner(keys=[], args=[self.prefix, now, *args]))
+        return await self._bounded(lambda: runner(keys=[], args=[self.prefix, now, *args]))
 
     async def command(self, *args: str | int | float) -> Any:
         """Run one plain Redis command, bounded."""
-        return await self._bounded(self._client().execute_command(*args))
+        client = self._client()
+        return await self._bounded(lambda: client.execute_command(*args))
 
     async def pipeline(self, commands: Sequence[Sequence[str | int | float]]) -> list[Any]:
         """Run ``commands`` in one MULTI/EXEC transaction, bounded."""
-        pipe = self._client().pipeline(transaction=True)
-        for args in commands:
-            pipe.execute_command(*args)
-        result: list[Any] = await self._bounded(pipe.execute())
-        return result
+        client = self._client()
+
+        async def run() -> list[Any]:
+            pipe = client.pipeline(transaction=True)
+            for args in commands:
+                pipe.execute_command(*args)
+            result: list[Any] = await pipe.execute()
+            return result
+
+        done: list[Any] = await self._bounded(run)
+        return done
 
     def _client(self) -> Any:
         if self._redis is None:
             raise CoordinatorError("the fleet coordinator is not connected")
         return self._redis
 
-    async def _bounded(self, call: Any) -> Any:
+    async def _bounded(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``call()`` within the timeout; once more on a broken pooled connection.
+
+        After Redis restarts, the pool's idle connections are dead and the first command
+        on each fails at once; every script here may run twice without harm.
+        """
+        from redis.exceptions import ConnectionError as BrokenConnection
         from redis.exceptions import RedisError
 
         try:
             with anyio.fail_after(self.coordinator.timeout):
-                return await call
+                try:
+                    return await call()
+                except BrokenConnection:
+                    return await call()
         except (RedisError, OSError, TimeoutError) as exc:
             raise CoordinatorError(f"the fleet coordinator failed: {type(exc).__name__}") from exc
 

@@ -124,10 +124,15 @@ class FleetLimiter(ActiveTaskLimiter):
                 self._on_change(True, self.fleet_size, self.share)
 
     def rejoined(self, fleet_size: int) -> None:
-        """Redis answers and knows our slots again: submits go through the queue."""
-        self.fleet_size = max(1, fleet_size)
+        """Redis answers and knows our slots again: submits go through the queue.
+
+        Right after an outage the others may not have rejoined yet: the fleet's size is
+        then not allowed to shrink (a smaller count would make a larger local share).
+        """
         if self.connected:
+            self.fleet_size = max(1, fleet_size)
             return
+        self.fleet_size = max(1, fleet_size, self.fleet_size)
         self.connected = True
         if not self._lost_announced:
             return  # the first contact: nothing to announce
