@@ -253,7 +253,8 @@ class AsyncFlux:
                 self._tg, wait=self._scheduler.wait, save=self.save, forget=self._forget
             )
             if self._fleet is not None:
-                await self._fleet.start(self._tg, self._adopt)
+                webhooks = self._webhooks if self._webhooks.enabled else None
+                await self._fleet.start(self._tg, self._adopt, webhooks)
         except BaseException:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()  # its loops would keep stack.aclose() waiting

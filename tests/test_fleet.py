@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -281,3 +282,33 @@ async def test_redis_killed_and_restarted_mid_run_loses_nothing(
     assert changes.count("rejoined") == changes.count("lost")  # may add a brief one)
     lost = [e for e in events if isinstance(e, CoordinatorChanged) and e.state == "lost"]
     assert all((e.fleet_size, e.local_share) == (2, 2) for e in lost)
+
+
+async def test_a_webhook_delivered_to_the_wrong_worker_reaches_its_owner(
+    redis_server: RedisServer,
+) -> None:
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    hooks = {
+        "webhook_url": "https://workers.example.invalid/hook",
+        "webhook_secret": "fleet-wide-test-secret",
+        "webhook_fallback": 3600.0,  # no fallback poll would find the ending in this test
+    }
+    async with fleet(sim, redis_server.url, 2, cap=2, **hooks) as (owner, other):
+        sim.plan_next(duration=1.0)
+        task = await owner.submit(prompt="a fox")
+        await anyio.sleep(2.0 / SPEED)  # the task is Ready on the server now
+        body = json.dumps({"id": task.id, "status": "Ready"}).encode()
+        headers = {"x-webhook-secret": "fleet-wide-test-secret"}
+        assert await other.handle_webhook(headers, body) == (202, {"status": "forwarded"})
+        with anyio.fail_after(10):
+            result = await owner.wait(task)
+        assert result.task.id == task.id
+        owner_hooks = owner.statistics().webhooks
+        other_hooks = other.statistics().webhooks
+        assert owner_hooks is not None
+        assert other_hooks is not None
+        assert (owner_hooks.confirm_polls, owner_hooks.resolved) == (1, 1)
+        assert other_hooks.ignored == 0
+        # A delivery for a task nobody in the fleet owns is still ignored.
+        stray = json.dumps({"id": "no-such-task", "status": "Ready"}).encode()
+        assert await other.handle_webhook(headers, stray) == (200, {"status": "ignored"})

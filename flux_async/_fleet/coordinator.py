@@ -165,6 +165,12 @@ class FleetSession:
         done: list[Any] = await self._bounded(run)
         return done
 
+    async def subscribe(self, channel: str) -> Any:
+        """Return a redis-py PubSub subscribed to ``channel`` (bounded); the caller closes it."""
+        pubsub = self._client().pubsub()
+        await self._bounded(lambda: pubsub.subscribe(channel))
+        return pubsub
+
     def _client(self) -> Any:
         if self._redis is None:
             raise CoordinatorError("the fleet coordinator is not connected")

@@ -22,10 +22,12 @@ from .._clock import Clock
 from .._events import CoordinatorChanged, EventEmitter
 from .._limits import Slot
 from .._models import Task
+from .._webhook_app import WebhookReceiver
 from .coordinator import Coordinator, FleetSession
 from .heartbeat import AdoptFn, Heartbeat
 from .limiter import FleetLimiter, FleetSlot
 from .registry import TaskRecord, TaskRegistry
+from .routing import WebhookRouter
 
 __all__ = ["Fleet", "TaskRecord", "adoption_target"]
 
@@ -63,6 +65,7 @@ class Fleet:
             self.session, self.limiter, clock=clock, task_timeout=task_timeout
         )
         self.heartbeat: Heartbeat | None = None
+        self.router = WebhookRouter(self.session, retry=coordinator.heartbeat)
 
     def _changed(self, lost: bool, fleet_size: int, share: int) -> None:
         state = "lost" if lost else "rejoined"
@@ -82,8 +85,17 @@ class Fleet:
         if self.heartbeat is not None:
             await self.heartbeat.leave()
 
-    async def start(self, tg: anyio.abc.TaskGroup, on_adopt: AdoptFn) -> None:
-        """Beat once, then run the heartbeat and the pump in ``tg``."""
+    async def start(
+        self,
+        tg: anyio.abc.TaskGroup,
+        on_adopt: AdoptFn,
+        webhooks: WebhookReceiver | None = None,
+    ) -> None:
+        """Beat once, then run the heartbeat and the pump in ``tg``.
+
+        With ``webhooks`` (a client that receives them), deliveries for other processes'
+        tasks are forwarded to their owners, and ours are taken from the fleet.
+        """
         heartbeat = Heartbeat(
             self.session, self.limiter, self.registry, clock=self._clock, on_adopt=on_adopt
         )
@@ -91,6 +103,9 @@ class Fleet:
         self.limiter.bind(tg)
         await tg.start(heartbeat.run)
         await tg.start(self.limiter.pump)
+        if webhooks is not None:
+            webhooks.forward = self.router.forward
+            await tg.start(self.router.listen, webhooks.forwarded)
 
     def register(self, task: Task, slot: Slot, dest: Path | None) -> None:
         """Record a task just submitted (or adopted) under this process."""
