@@ -312,3 +312,30 @@ async def test_a_webhook_delivered_to_the_wrong_worker_reaches_its_owner(
         # A delivery for a task nobody in the fleet owns is still ignored.
         stray = json.dumps({"id": "no-such-task", "status": "Ready"}).encode()
         assert await other.handle_webhook(headers, stray) == (200, {"status": "ignored"})
+
+
+async def test_a_429_cuts_the_window_of_the_whole_fleet(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # The account allows 3, the processes were told 6: the first 429 (whoever draws it)
+    # lowers the shared window to what the server accepted, and both stay under it.
+    sim = Simulator(fast_config(active_limit=3), clock=ScaledClock(SPEED))
+    async with fleet(sim, redis_server.url, 2, cap=6, limit_quiet_period=3600.0) as clients:
+
+        async def one(index: int, flux: AsyncFlux) -> None:
+            out = tmp_path / str(index)
+            out.mkdir()
+            assert await run_all(flux, [f"fox {index}-{n}" for n in range(10)], out) == 10
+
+        async with anyio.create_task_group() as tg:
+            for index, flux in enumerate(clients):
+                tg.start_soon(one, index, flux)
+        windows = [flux.statistics().limiter.window for flux in clients]
+    # One shared window, at most what the server allows (a 429 answered while one of our
+    # tasks was ending may cut one step lower, as in one process; probing raises it later).
+    assert windows[0] == windows[1] in (2, 3)
+    # The first burst is 6 submits for 3 places; after the cut the fleet keeps under it
+    # (two processes finding their share alone would go on drawing 429s).
+    assert 1 <= sim.records.rejected_429 <= 6
+    submitted = [r.body["prompt"] for r in sim.records.submits if r.task_id is not None]
+    assert len(submitted) == len(set(submitted)) == 20
