@@ -87,9 +87,10 @@ async def test_two_clients_share_one_cap_without_a_429(
             out.mkdir()
             counts[index] = await run_all(flux, prompts, out)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(one, 0, a)
-            tg.start_soon(one, 1, b)
+        with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, 0, a)
+                tg.start_soon(one, 1, b)
         assert a.statistics().limiter.in_flight == b.statistics().limiter.in_flight == 0
     assert counts == [12, 12]
     assert len(list(tmp_path.glob("*/*.jpeg"))) == 24
@@ -262,10 +263,11 @@ async def test_redis_killed_and_restarted_mid_run_loses_nothing(
             # Both have seen the other: each one's share while Redis is away is 4 / 2.
             while any(getattr(flux._limiter, "fleet_size", 0) != 2 for flux in clients):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(outage)
-            for index, flux in enumerate(clients):
-                tg.start_soon(one, index, flux)
+        with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(outage)
+                for index, flux in enumerate(clients):
+                    tg.start_soon(one, index, flux)
         # Both come back: the heartbeat rejoins after the restart.
         with anyio.fail_after(30):
             while [e.state for e in events if isinstance(e, CoordinatorChanged)].count(  # noqa: ASYNC110
@@ -327,9 +329,10 @@ async def test_a_429_cuts_the_window_of_the_whole_fleet(
             out.mkdir()
             assert await run_all(flux, [f"fox {index}-{n}" for n in range(10)], out) == 10
 
-        async with anyio.create_task_group() as tg:
-            for index, flux in enumerate(clients):
-                tg.start_soon(one, index, flux)
+        with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+            async with anyio.create_task_group() as tg:
+                for index, flux in enumerate(clients):
+                    tg.start_soon(one, index, flux)
         windows = [flux.statistics().limiter.window for flux in clients]
     # One shared window, at most what the server allows (a 429 answered while one of our
     # tasks was ending may cut one step lower, as in one process; probing raises it later).
