@@ -39,7 +39,8 @@ def fast_config(**changes: Any) -> SimulatorConfig:
 
 
 def coordinator(url: str, **timings: float) -> Coordinator:
-    options = {"heartbeat": 1.0, "ttl": 4.0, "timeout": 1.0, "pump_interval": 1.0}
+    # Scaled seconds (SPEED x real): a 1 s real stall of a loaded machine is not a death.
+    options = {"heartbeat": 1.0, "ttl": 20.0, "timeout": 1.0, "pump_interval": 1.0}
     options.update(timings)
     return Coordinator(url, **options)
 
