@@ -128,6 +128,7 @@ class BenchSimulator(Simulator):
             "polls_by_task": dict(self.records.polls_by_task),
             "tasks": tasks,
             "delivery_started": self.delivery_started,
+            "prompts": {task_id: t.prompt for task_id, t in self._state.tasks.items()},
         }
 
 

@@ -20,6 +20,7 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     ConnectError,
+    CoordinatorError,
     DownloadError,
     FluxError,
     GenerationError,
@@ -41,6 +42,7 @@ from ._errors import (
     ValidationError,
 )
 from ._events import (
+    CoordinatorChanged,
     Event,
     EventHook,
     ImageSaved,
@@ -51,6 +53,7 @@ from ._events import (
     TaskSubmitted,
     WebhookReceived,
 )
+from ._fleet import Coordinator
 from ._models import GeneratedImage, Outcome, PollReply, Task, TaskResult
 from ._orphans import OnCancel, OrphanStatistics
 from ._requests import (
@@ -88,6 +91,9 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "ConnectError",
+    "Coordinator",
+    "CoordinatorChanged",
+    "CoordinatorError",
     "DownloadError",
     "Event",
     "EventHook",

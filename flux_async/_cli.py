@@ -77,6 +77,15 @@ def _add_connection_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fleet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="redis:// URL shared by every process on this key: one cap for all of them "
+        "(default: FLUX_ASYNC_COORDINATOR; see docs/fleet.md)",
+    )
+
+
 def _add_request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default="flux-2-pro", type=model_name, help="model name (default flux-2-pro)"
@@ -110,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_request_options(gen)
     _add_connection_options(gen)
+    _add_fleet_option(gen)
 
     bat = sub.add_parser(
         "batch",
@@ -156,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_request_options(bat)
     _add_connection_options(bat)
+    _add_fleet_option(bat)
 
     sim = sub.add_parser("simulate", help="serve the simulator on loopback")
     sim.add_argument("--host", default="127.0.0.1")
@@ -181,6 +192,8 @@ def request_fields(args: argparse.Namespace) -> dict[str, Any]:
 @asynccontextmanager
 async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator[AsyncFlux]:
     """Open the client the arguments ask for: the real provider, or the simulator."""
+    if getattr(args, "coordinator", None):
+        options["coordinator"] = args.coordinator
     if args.simulate:
         from ._clock import ScaledClock
         from .testing import FAKE_API_KEY, Simulator

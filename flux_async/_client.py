@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.abc
@@ -34,6 +34,7 @@ from ._clock import Clock, SystemClock
 from ._download import Downloader, SavedFile, result_deadline
 from ._errors import ClientClosedError, ConfigurationError, DownloadError, FluxError
 from ._events import EventEmitter, EventHook
+from ._fleet import Coordinator, Fleet, TaskRecord, adoption_target
 from ._hybrid import HybridPolicy
 from ._limits import ActiveTaskLimiter, Slot
 from ._many import Item, run_many
@@ -52,6 +53,9 @@ from ._submission import Submitter
 from ._webhook_app import ASGIApp, WebhookReceiver, asgi_app
 from ._window import AdaptiveWindow
 from ._wiring import open_parts
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = ["AsyncFlux", "ClientStatistics"]
 
@@ -102,6 +106,12 @@ class AsyncFlux:
     most ``max_reply_bytes`` decoded bytes (default 4 MiB), an image of at most
     ``max_image_bytes`` decoded bytes (default 64 MiB). Anything a server sends that
     breaks the protocol fails that task alone, with :class:`MalformedReplyError`.
+
+    In a fleet (docs/fleet.md): ``coordinator`` (a ``redis://``/``rediss://`` URL, a
+    ``redis.asyncio.Redis`` or a :class:`Coordinator`; default: the environment variable
+    ``FLUX_ASYNC_COORDINATOR``) makes ``max_active`` the cap of every process sharing
+    that Redis, provider and key: slots are leases in Redis, granted in FIFO order across
+    processes, and a dead process's tasks are adopted and saved by the others.
     """
 
     def __init__(
@@ -135,6 +145,7 @@ class AsyncFlux:
         drain_timeout: float = 0.0,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        coordinator: str | Redis | Coordinator | None = None,
     ) -> None:
         if max_reply_bytes < 1024 or max_image_bytes < 1024:
             raise ConfigurationError("max_reply_bytes and max_image_bytes must be >= 1024")
@@ -151,9 +162,27 @@ class AsyncFlux:
         window = (
             AdaptiveWindow(max_active, quiet_period=limit_quiet_period) if adaptive_limit else None
         )
-        self._limiter = ActiveTaskLimiter(
-            max_active, per_model=per_model_limits, adaptive=window, clock=self._clock
-        )
+        self._events = EventEmitter(event_hooks, clock=self._clock)
+        self._task_timeout = task_timeout or self._preset.task_timeout
+        self._fleet: Fleet | None = None
+        fleet_coordinator = Coordinator.resolve(coordinator)
+        if fleet_coordinator is not None:
+            self._fleet = Fleet(
+                fleet_coordinator,
+                provider=self._preset.name,
+                api_key=self._key.reveal(),
+                limit=max_active,
+                per_model=per_model_limits,
+                clock=self._clock,
+                quiet_period=limit_quiet_period,
+                task_timeout=self._task_timeout,
+                events=self._events,
+            )
+            self._limiter: ActiveTaskLimiter = self._fleet.limiter
+        else:
+            self._limiter = ActiveTaskLimiter(
+                max_active, per_model=per_model_limits, adaptive=window, clock=self._clock
+            )
         self._submitter = Submitter(
             self._limiter,
             clock=self._clock,
@@ -193,7 +222,6 @@ class AsyncFlux:
         self._drain_timeout = drain_timeout
         self._closing = False
         self._max_polls = max_concurrent_polls
-        self._task_timeout = task_timeout or self._preset.task_timeout
         self._state = _State.UNOPENED
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -248,6 +276,8 @@ class AsyncFlux:
                 max_reply_bytes=self._max_reply_bytes,
                 max_image_bytes=self._max_image_bytes,
             )
+            if self._fleet is not None:
+                await self._fleet.open(stack)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._abandon)
             await self._tg.start(self._scheduler.run)
@@ -256,9 +286,14 @@ class AsyncFlux:
                 self._tg,
                 wait=self._scheduler.wait,
                 save=self._save_new,
-                forget=self._scheduler.forget,
+                forget=self._forget,
             )
+            if self._fleet is not None:
+                webhooks = self._webhooks if self._webhooks.enabled else None
+                await self._fleet.start(self._tg, self._adopt, webhooks)
         except BaseException:
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()  # its loops would keep stack.aclose() waiting
             await stack.aclose()
             raise
         self._stack = stack
@@ -304,6 +339,26 @@ class AsyncFlux:
                 self._tg.cancel_scope.cancel()
             if self._stack is not None:
                 await self._stack.aclose()
+
+    def _forget(self, task_id: str) -> None:
+        """A task's caller is done with it (image saved, or it failed): forget it."""
+        if self._scheduler is not None:
+            self._scheduler.forget(task_id)
+        if self._fleet is not None:
+            self._fleet.unregister(task_id)
+
+    def _adopt(self, record: TaskRecord, slot: Slot) -> None:
+        """See a task of a dead fleet process to its end and save its image."""
+        if self._tg is not None:
+            self._tg.start_soon(self._keep_adopted, record, slot)
+
+    async def _keep_adopted(self, record: TaskRecord, slot: Slot) -> None:
+        _, scheduler, _ = self._require_open()
+        task = record.task(self._clock)
+        dest, exact = await adoption_target(record, self._orphans.orphan_dir)
+        self._work.enter()
+        self._track(scheduler, task, slot, submitted=False, dest=dest)
+        self._orphans.adopt(task, dest, None, exact=exact)
 
     def _check_accepting(self) -> None:
         """Refuse a submission once the client is closing (called before anything is paid)."""
@@ -381,14 +436,20 @@ class AsyncFlux:
         return await self._submit(req, images)
 
     async def _submit(
-        self, req: BaseRequest, images: Sequence[ReferenceImage] | None = None
+        self,
+        req: BaseRequest,
+        images: Sequence[ReferenceImage] | None = None,
+        output: tuple[Path, str | None] | None = None,
     ) -> Task:
         provider, scheduler, _ = self._require_open()
         if images:
             req = await self._with_references(req, images)
         req = self._webhooks.prepare(req)
         task, slot = await self._submitter.submit(provider, req)
-        self._track(scheduler, task, slot)
+        dest = output[0] / (output[1] or task.id) if output is not None else None
+        self._track(scheduler, task, slot, dest=dest)
+        if self._fleet is not None:
+            await self._fleet.registered(task.id)
         return task
 
     async def _with_references(
@@ -401,14 +462,26 @@ class AsyncFlux:
         return req.replace(**changes)
 
     def _track(
-        self, scheduler: Scheduler, task: Task, slot: Slot, *, submitted: bool = True
+        self,
+        scheduler: Scheduler,
+        task: Task,
+        slot: Slot,
+        *,
+        submitted: bool = True,
+        dest: Path | None = None,
     ) -> None:
         # Only tasks submitted here carry this client's webhook; resumed ones are polled.
         key = self._webhooks.watch(task) if submitted else None
         self._events.submitted(task, webhook=key is not None)
+        fleet = self._fleet
+        if fleet is not None:
+            # Recorded until its image is saved (with a destination) or until it ends.
+            fleet.register(task, slot, dest)
 
         def ended(outcome: TaskResult | FluxError) -> None:
             slot.release()
+            if fleet is not None and dest is None:
+                fleet.unregister(task.id)
             self._webhooks.unwatch(task.id)
             self._work.notify()
             self._events.ended(task, outcome)
@@ -562,7 +635,7 @@ class AsyncFlux:
         images: Sequence[ReferenceImage] | None = None,
         on_ready: Callable[[], None] | None = None,
     ) -> GeneratedImage:
-        task = await self._submit(request, images)
+        task = await self._submit(request, images, (output_dir, stem))
         dest = output_dir / (stem or task_stem(task.id))
         # Paid from here on: if this caller is cancelled, the orphan keeper takes over.
         with self._orphans.guard(task, dest) as guard:

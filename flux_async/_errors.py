@@ -15,6 +15,8 @@ Everything the library raises derives from :class:`FluxError`::
     ├── TransportError                      the request did not get an HTTP answer
     │   ├── ConnectError                    the connection never opened: surely nothing was sent
     │   └── RequestTimeoutError (TimeoutError)   connect/read/write/pool timeout
+    ├── CoordinatorError                    the fleet's Redis failed or timed out (the client
+    │                                       carries on with its local share of the cap)
     ├── AmbiguousSubmitError                a submit failed after it may have reached the server:
     │                                       the task may exist and may be billed; not replayed
     ├── MalformedReplyError (ValueError)    a 2xx reply that breaks the protocol: not JSON, too
@@ -49,6 +51,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
+    "CoordinatorError",
     "DownloadError",
     "FluxError",
     "GenerationError",
@@ -204,6 +207,14 @@ class ConnectError(TransportError):
 
 class RequestTimeoutError(TransportError, TimeoutError):
     """Raised when a connect, read, write or pool timeout expired."""
+
+
+class CoordinatorError(FluxError):
+    """Raised when the fleet's coordinator (Redis) fails or does not answer in time.
+
+    The client never lets it reach a caller: it carries on with its local share of the
+    cap and rejoins the fleet when Redis answers again (docs/fleet.md).
+    """
 
 
 class AmbiguousSubmitError(FluxError):

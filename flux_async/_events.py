@@ -28,6 +28,7 @@ from ._errors import FluxError
 from ._models import PollReply, Task, TaskResult
 
 __all__ = [
+    "CoordinatorChanged",
     "Event",
     "EventEmitter",
     "EventHook",
@@ -115,6 +116,20 @@ class TaskOrphaned:
 
 
 @dataclass(frozen=True, slots=True)
+class CoordinatorChanged:
+    """This process lost or regained the fleet's coordinator (Redis), see docs/fleet.md.
+
+    ``state`` is ``"lost"`` (running on ``local_share`` slots of the cap) or
+    ``"rejoined"``; ``fleet_size`` is the last number of live processes seen.
+    """
+
+    state: str
+    fleet_size: int
+    local_share: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookReceived:
     """A webhook delivery was handled; ``action`` says what the client did with it.
 
@@ -138,6 +153,7 @@ Event = (
     | TaskFailed
     | TaskOrphaned
     | WebhookReceived
+    | CoordinatorChanged
 )
 
 
@@ -155,6 +171,7 @@ _NAMES: Final[dict[type[Any], str]] = {
     TaskFailed: "failed",
     TaskOrphaned: "orphaned",
     WebhookReceived: "webhook",
+    CoordinatorChanged: "coordinator",
 }
 
 

@@ -188,7 +188,7 @@ class ActiveTaskLimiter:
         self._in_flight += 1
         self._by_model[model] += 1
         self._acquired_total += 1
-        return Slot(self, model)
+        return self._slot(model)
 
     async def acquire(self, model: str, *, fallback: float | None = None) -> Slot:
         """Wait for a free slot for ``model`` and take it, in arrival order.
@@ -222,12 +222,16 @@ class ActiveTaskLimiter:
         except BaseException:
             if waiter.granted:
                 # Granted and cancelled in the same instant: give the slot back.
-                Slot(self, model, probe=waiter.probe).release()
+                self._slot(model, probe=waiter.probe).release()
             else:
                 self._waiters.remove(waiter)
                 self._grant()
             raise
-        return Slot(self, model, probe=waiter.probe)
+        return self._slot(model, probe=waiter.probe)
+
+    def _slot(self, model: str, *, probe: bool = False) -> Slot:
+        """Return a new slot object (a seam: the fleet limiter's slots carry a lease)."""
+        return Slot(self, model, probe=probe)
 
     async def _fallback_timer(self, waiter: _Waiter, delay: float) -> None:
         await self._clock.sleep(delay)

@@ -154,8 +154,14 @@ class OrphanKeeper:
             self._forget(task_id)
         self._work.exit()
 
-    def adopt(self, task: Task, dest: Path, result: TaskResult | None) -> None:
-        """Take over ``task`` (its caller was cancelled); the caller's work unit comes along."""
+    def adopt(
+        self, task: Task, dest: Path, result: TaskResult | None, *, exact: bool = False
+    ) -> None:
+        """Take over ``task`` (its caller was cancelled); the caller's work unit comes along.
+
+        ``exact``: save to ``dest`` even when ``orphan_dir`` is set (a task adopted from a
+        dead process of the fleet, whose recorded destination is reachable).
+        """
         self._adopted += 1
         self._events.emit(
             TaskOrphaned(task.id, task.model, task.cost, self.on_cancel, self._events.clock.time())
@@ -172,9 +178,11 @@ class OrphanKeeper:
             self._finish(task.id)
             return
         self._pending.add(task.id)
-        tg.start_soon(self._keep, task, dest, result)
+        tg.start_soon(self._keep, task, dest, result, exact)
 
-    async def _keep(self, task: Task, dest: Path, result: TaskResult | None) -> None:
+    async def _keep(
+        self, task: Task, dest: Path, result: TaskResult | None, exact: bool = False
+    ) -> None:
         try:
             if result is None and self._wait is not None:
                 result = await self._wait(task)
@@ -190,7 +198,8 @@ class OrphanKeeper:
             if result is None or self._save is None:
                 return
             # The id is the server's string: only its sanitised form names a file.
-            target = self.orphan_dir / task_stem(task.id) if self.orphan_dir is not None else dest
+            fallback = self.orphan_dir / task_stem(task.id) if self.orphan_dir else None
+            target = dest if exact or fallback is None else fallback
             path = await self._save(result, target)
             self._saved += 1
             image = GeneratedImage(

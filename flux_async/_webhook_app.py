@@ -6,7 +6,8 @@ and turns each delivery into an action:
 
 - refused (forged, unsigned, malformed, stale, too large): 401/400/413, nothing else;
 - a duplicate, or a task this client does not wait for (unknown, already finished,
-  submitted by another process): 200 and ignored;
+  submitted by another process): 200 and ignored; in a fleet, a terminal claim for a
+  task another process owns is forwarded to it (202, see docs/fleet.md);
 - a Pending claim: 200, noted, nothing else;
 - a terminal claim: 202, then **one** confirming poll of the task's own polling URL,
   in the client's task group. A confirmed ending resolves the task in the scheduler at
@@ -113,6 +114,9 @@ class WebhookReceiver:
         self._confirm_polls = 0
         self._resolved = 0
         self._unconfirmed = 0
+        # A fleet's hook: hand a delivery for a task this process does not own to its
+        # owner; returns whether it was handed over.
+        self.forward: Callable[[str], Awaitable[bool]] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -171,6 +175,16 @@ class WebhookReceiver:
             self._emit(None, None, "duplicate")
             return 200, {"status": "duplicate"}
         task = self._watched.get(event.task_id)
+        # Another process of the fleet may own it: hand it over (docs/fleet.md).
+        forward = self.forward
+        if (
+            task is None
+            and forward is not None
+            and event.needs_confirmation
+            and await forward(event.task_id)
+        ):
+            self._emit(event.task_id, event.status, "forwarded")
+            return 202, {"status": "forwarded"}
         if task is None:
             self._ignored += 1
             if event.needs_confirmation:
@@ -183,6 +197,13 @@ class WebhookReceiver:
         self._emit(task.id, event.status, "confirming")
         self._start_confirm(task)
         return 202, {"status": "confirming"}
+
+    def forwarded(self, task_id: str) -> None:
+        """Take a delivery another process of the fleet received for one of our tasks."""
+        task = self._watched.get(task_id)
+        if task is not None:
+            self._emit(task_id, None, "confirming", "forwarded by the fleet")
+            self._start_confirm(task)
 
     def _remember_early(self, task_id: str) -> None:
         now = self._clock.monotonic()

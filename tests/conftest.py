@@ -8,3 +8,7 @@ import pytest
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# A real loopback redis-server for the fleet tests (tests/_redis.py).
+from tests._redis import redis_server  # noqa: E402, F401

@@ -1,0 +1,345 @@
+"""A fleet in one test process: clients sharing one cap through a real loopback Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
+
+import anyio
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from flux_async import (
+    AsyncFlux,
+    ConfigurationError,
+    CoordinatorChanged,
+    Event,
+    GeneratedImage,
+    ImageSaved,
+    TaskOrphaned,
+)
+from flux_async._cli import main
+from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id
+from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, ScaledClock, Simulator, SimulatorConfig
+from tests._redis import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+SPEED = 20.0  # simulated seconds per real second
+
+
+def fast_config(**changes: Any) -> SimulatorConfig:
+    latency = dict.fromkeys(KNOWN_MODELS, (2.0, 0.3))
+    return SimulatorConfig(latency=latency, image_bytes=1024, **changes)
+
+
+def coordinator(url: str, **timings: float) -> Coordinator:
+    # Scaled seconds (SPEED x real): a 1 s real stall of a loaded machine is not a death.
+    options = {"heartbeat": 1.0, "ttl": 20.0, "timeout": 1.0, "pump_interval": 1.0}
+    options.update(timings)
+    return Coordinator(url, **options)
+
+
+@asynccontextmanager
+async def fleet(
+    sim: Simulator, url: str, n: int, cap: int, **options: Any
+) -> AsyncIterator[list[AsyncFlux]]:
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                AsyncFlux(
+                    api_key=FAKE_API_KEY,
+                    base_url=sim.config.api_base,
+                    transport=sim.transport(),
+                    clock=sim.clock,
+                    max_active=cap,
+                    coordinator=coordinator(url),
+                    **options,
+                )
+            )
+            for _ in range(n)
+        ]
+        yield clients
+
+
+async def run_all(flux: AsyncFlux, prompts: Sequence[str], out: Path) -> int:
+    saved = 0
+    async for outcome in flux.generate_many(prompts, output_dir=out):
+        assert outcome.error is None, outcome.error
+        saved += 1
+    return saved
+
+
+async def test_two_clients_share_one_cap_without_a_429(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    sim = Simulator(fast_config(active_limit=4), clock=ScaledClock(SPEED))
+    counts = [0, 0]
+    async with fleet(sim, redis_server.url, 2, cap=4) as (a, b):
+
+        async def one(index: int, flux: AsyncFlux) -> None:
+            prompts = [f"fox {index}-{n}" for n in range(12)]
+            out = tmp_path / str(index)
+            out.mkdir()
+            counts[index] = await run_all(flux, prompts, out)
+
+        with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, 0, a)
+                tg.start_soon(one, 1, b)
+        assert a.statistics().limiter.in_flight == b.statistics().limiter.in_flight == 0
+    assert counts == [12, 12]
+    assert len(list(tmp_path.glob("*/*.jpeg"))) == 24
+    assert sim.records.max_active_seen == 4  # the whole cap was used, never more
+    assert sim.records.rejected_429 <= 1  # near zero (a 429 creates nothing)
+
+
+async def test_the_key_never_reaches_redis(redis_server: RedisServer, tmp_path: Path) -> None:
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    async with fleet(sim, redis_server.url, 1, cap=2) as (flux,):
+        await run_all(flux, ["a fox", "a hare"], tmp_path)
+        redis = Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            dump: list[str] = []
+            async for key in redis.scan_iter("*"):
+                dump.append(str(key))
+                kind = await redis.type(key)
+                if kind == "hash":
+                    fields = await redis.hgetall(key)
+                    dump += [f"{k!s}={v!s}" for k, v in fields.items()]
+            assert dump, "the fleet wrote nothing to Redis"
+            assert all(FAKE_API_KEY not in entry for entry in dump)
+            assert any(fleet_id("bfl", FAKE_API_KEY) in entry for entry in dump)
+        finally:
+            await redis.aclose()
+
+
+def test_fleet_id_is_a_keyed_hash_per_provider_and_key() -> None:
+    one = fleet_id("bfl", "key-one")
+    assert len(one) == 32
+    assert "key-one" not in one
+    assert one == fleet_id("bfl", "key-one")
+    assert one != fleet_id("bfl", "key-two") != fleet_id("dmxapi", "key-one")
+
+
+def test_coordinator_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(COORDINATOR_ENV, raising=False)
+    assert Coordinator.resolve(None) is None
+    monkeypatch.setenv(COORDINATOR_ENV, "redis://:sekrit@127.0.0.1:1/0")
+    found = Coordinator.resolve(None)
+    assert found is not None
+    assert found.redis == "redis://:sekrit@127.0.0.1:1/0"
+    assert "sekrit" not in repr(found)
+    given = Coordinator("rediss://example.invalid:6380/1")
+    assert Coordinator.resolve(given) is given
+    with pytest.raises(ConfigurationError, match="redis://"):
+        Coordinator("http://127.0.0.1:6379")
+    with pytest.raises(ConfigurationError, match="heartbeat"):
+        Coordinator("redis://127.0.0.1", heartbeat=5.0, ttl=5.0)
+
+
+async def test_a_client_without_redis_runs_on_one_slot_and_says_so(tmp_path: Path) -> None:
+    # Nothing listens on the port: the client still works, on the share of an unknown
+    # fleet (one slot), and emits one event saying the coordinator is lost.
+    events: list[Event] = []
+
+    def hook(event: Event) -> None:
+        events.append(event)
+
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    async with AsyncFlux(
+        api_key=FAKE_API_KEY,
+        base_url=sim.config.api_base,
+        transport=sim.transport(),
+        clock=sim.clock,
+        max_active=4,
+        coordinator=coordinator("redis://127.0.0.1:9/0", timeout=0.5),
+        event_hooks=[hook],
+    ) as flux:
+        assert await run_all(flux, ["a", "b", "c"], tmp_path) == 3
+    assert sim.records.max_active_seen == 1
+    changes = [e for e in events if isinstance(e, CoordinatorChanged)]
+    assert [c.state for c in changes] == ["lost"]
+
+
+@pytest.mark.parametrize("command", ["generate", "batch"])
+def test_cli_coordinator_option_joins_the_fleet(
+    command: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\na hare\n", encoding="utf-8")
+    fast = ["--simulate", "--sim-speed", "300", "--coordinator", redis_server.url]
+    if command == "generate":
+        argv = ["generate", "a fox", "--out", str(tmp_path), *fast]
+    else:
+        argv = ["batch", str(prompts), "--out", str(tmp_path / "out"), "--no-progress", *fast]
+    assert main(argv) == 0
+    redis = SyncRedis.from_url(redis_server.url, decode_responses=True)
+    try:
+        owners = f"flux_async:{{{fleet_id('bfl', FAKE_API_KEY)}}}:owners"
+        # The process joined, then left (score 0: the fleet may adopt what it left).
+        assert redis.zrange(owners, 0, -1, withscores=True) == [(ANY, 0.0)]
+        assert redis.hlen(owners.replace("owners", "leases")) == 0
+    finally:
+        redis.close()
+
+
+async def test_a_closed_clients_unfinished_tasks_are_adopted_and_saved(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A client that leaves with tasks still running (a worker shut down for a deploy)
+    # hands them to the fleet: another client polls them to their end and saves them.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    events: list[Event] = []
+    handed: list[GeneratedImage] = []
+
+    def hook(event: Event) -> None:
+        events.append(event)
+
+    async with AsyncFlux(
+        api_key=FAKE_API_KEY,
+        base_url=sim.config.api_base,
+        transport=sim.transport(),
+        clock=sim.clock,
+        coordinator=coordinator(redis_server.url),
+        orphan_dir=tmp_path / "orphans",
+        on_orphan=handed.append,
+        event_hooks=[hook],
+    ) as survivor:
+        async with AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+        ) as leaver:
+            sim.plan_next(duration=30.0)
+            sim.plan_next(duration=30.0)
+            left = {(await leaver.submit(prompt=p)).id for p in ("a fox", "a hare")}
+        with anyio.fail_after(30):
+            while len(handed) < 2:  # noqa: ASYNC110 - the hook has no event to wait on
+                await anyio.sleep(0.02)
+        orphans = survivor.statistics().orphans
+        assert orphans is not None
+        assert orphans.saved == 2
+    assert {image.task_id for image in handed} == left
+    assert {path.stem for path in (tmp_path / "orphans").iterdir()} == left
+    orphaned = [e.task_id for e in events if isinstance(e, TaskOrphaned)]
+    assert sorted(orphaned) == sorted(left)
+    assert {e.task_id for e in events if isinstance(e, ImageSaved) and e.orphan} == left
+    assert len(sim.records.submits) == 2  # adopted, never submitted again
+
+
+async def test_redis_killed_and_restarted_mid_run_loses_nothing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    sim = Simulator(fast_config(active_limit=4), clock=ScaledClock(SPEED))
+    events: list[Event] = []
+
+    def hook(event: Event) -> None:
+        events.append(event)
+
+    counts = [0, 0]
+    async with fleet(sim, redis_server.url, 2, cap=4, event_hooks=[hook]) as clients:
+
+        async def one(index: int, flux: AsyncFlux) -> None:
+            out = tmp_path / str(index)
+            out.mkdir()
+            counts[index] = await run_all(flux, [f"fox {index}-{n}" for n in range(16)], out)
+
+        async def outage() -> None:
+            while len(sim.records.submits) < 6:  # noqa: ASYNC110 - no event to wait on
+                await anyio.sleep(0.01)
+            redis_server.kill()
+            while len(sim.records.submits) < 14:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            redis_server.start()
+
+        with anyio.fail_after(30):
+            # Both have seen the other: each one's share while Redis is away is 4 / 2.
+            while any(getattr(flux._limiter, "fleet_size", 0) != 2 for flux in clients):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(outage)
+                for index, flux in enumerate(clients):
+                    tg.start_soon(one, index, flux)
+        # Both come back: the heartbeat rejoins after the restart.
+        with anyio.fail_after(30):
+            while [e.state for e in events if isinstance(e, CoordinatorChanged)].count(  # noqa: ASYNC110
+                "rejoined"
+            ) < 2:
+                await anyio.sleep(0.02)
+    assert counts == [16, 16]
+    submitted = [r.body["prompt"] for r in sim.records.submits if r.task_id is not None]
+    assert sorted(submitted) == sorted(set(submitted))  # nothing submitted twice
+    assert len(submitted) == 32
+    assert sim.records.max_active_seen <= 4  # two processes on 2 slots each meanwhile
+    changes = [e.state for e in events if isinstance(e, CoordinatorChanged)]
+    assert changes.count("lost") >= 2  # once per process and outage (a stale connection
+    assert changes.count("rejoined") == changes.count("lost")  # may add a brief one)
+    lost = [e for e in events if isinstance(e, CoordinatorChanged) and e.state == "lost"]
+    assert all((e.fleet_size, e.local_share) == (2, 2) for e in lost)
+
+
+async def test_a_webhook_delivered_to_the_wrong_worker_reaches_its_owner(
+    redis_server: RedisServer,
+) -> None:
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    hooks = {
+        "webhook_url": "https://workers.example.invalid/hook",
+        "webhook_secret": "fleet-wide-test-secret",
+        "webhook_fallback": 3600.0,  # no fallback poll would find the ending in this test
+    }
+    async with fleet(sim, redis_server.url, 2, cap=2, **hooks) as (owner, other):
+        sim.plan_next(duration=1.0)
+        task = await owner.submit(prompt="a fox")
+        await anyio.sleep(2.0 / SPEED)  # the task is Ready on the server now
+        body = json.dumps({"id": task.id, "status": "Ready"}).encode()
+        headers = {"x-webhook-secret": "fleet-wide-test-secret"}
+        assert await other.handle_webhook(headers, body) == (202, {"status": "forwarded"})
+        with anyio.fail_after(10):
+            result = await owner.wait(task)
+        assert result.task.id == task.id
+        owner_hooks = owner.statistics().webhooks
+        other_hooks = other.statistics().webhooks
+        assert owner_hooks is not None
+        assert other_hooks is not None
+        assert (owner_hooks.confirm_polls, owner_hooks.resolved) == (1, 1)
+        assert other_hooks.ignored == 0
+        # A delivery for a task nobody in the fleet owns is still ignored.
+        stray = json.dumps({"id": "no-such-task", "status": "Ready"}).encode()
+        assert await other.handle_webhook(headers, stray) == (200, {"status": "ignored"})
+
+
+async def test_a_429_cuts_the_window_of_the_whole_fleet(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # The account allows 3, the processes were told 6: the first 429 (whoever draws it)
+    # lowers the shared window to what the server accepted, and both stay under it.
+    sim = Simulator(fast_config(active_limit=3), clock=ScaledClock(SPEED))
+    async with fleet(sim, redis_server.url, 2, cap=6, limit_quiet_period=3600.0) as clients:
+
+        async def one(index: int, flux: AsyncFlux) -> None:
+            out = tmp_path / str(index)
+            out.mkdir()
+            assert await run_all(flux, [f"fox {index}-{n}" for n in range(10)], out) == 10
+
+        with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+            async with anyio.create_task_group() as tg:
+                for index, flux in enumerate(clients):
+                    tg.start_soon(one, index, flux)
+        windows = [flux.statistics().limiter.window for flux in clients]
+    # One shared window, at most what the server allows (a 429 answered while one of our
+    # tasks was ending may cut one step lower, as in one process; probing raises it later).
+    assert windows[0] == windows[1] in (2, 3)
+    # The first burst is 6 submits for 3 places; after the cut the fleet keeps under it
+    # (two processes finding their share alone would go on drawing 429s).
+    assert 1 <= sim.records.rejected_429 <= 6
+    submitted = [r.body["prompt"] for r in sim.records.submits if r.task_id is not None]
+    assert len(submitted) == len(set(submitted)) == 20
