@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sqlite3
@@ -22,7 +23,16 @@ from flux_async._batch_progress import BatchProgress, _View, format_duration
 from flux_async._batch_run import CostBook, estimate_cost
 from flux_async._ledger import LEDGER_NAME
 from flux_async._requests import build_request
-from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, ScaledClock, Simulator, SimulatorConfig
+from flux_async.testing import (
+    FAKE_API_KEY,
+    KNOWN_MODELS,
+    ManualClock,
+    ScaledClock,
+    Simulator,
+    SimulatorConfig,
+)
+
+from ._util import move_time
 
 pytestmark = pytest.mark.anyio
 
@@ -336,10 +346,15 @@ async def test_stop_keeps_generating_tasks_for_resume_and_nothing_is_paid_twice(
 ) -> None:
     prompts = write(tmp_path / "p.txt", "\n".join(f"cat {n}" for n in range(12)) + "\n")
     out = tmp_path / "out"
+    # Was flaky under load: on a ScaledClock(400) a 60 s task is 0.15 s of real time, so a
+    # slow machine let tasks end before the stop was seen (no item left pending). On a
+    # ManualClock that moves only below 30 s during the first run, no task can end before
+    # the stop, whatever the machine's speed; the resume then lets them all end.
     stop = anyio.Event()
-    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    clock = ManualClock()
+    sim = Simulator(fast_config(), clock=clock)
     for _ in range(12):
-        sim.plan_next(duration=60.0)  # long enough that stopping catches them generating
+        sim.plan_next(duration=60.0)  # cannot end before the stop: time stays below 30 s
     progress = BatchProgress()
 
     async def stop_after_submits() -> None:
@@ -347,17 +362,28 @@ async def test_stop_keeps_generating_tasks_for_resume_and_nothing_is_paid_twice(
             await anyio.sleep(0.001)
         stop.set()
 
+    first_done = anyio.Event()
     async with simulated(sim=sim) as (_, flux), anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(move_time, clock, first_done, below=30.0))
         tg.start_soon(stop_after_submits)
-        summary = await run_batch(flux, prompts, out, stop=stop, progress=progress, concurrency=4)
+        with anyio.fail_after(60):
+            summary = await run_batch(
+                flux, prompts, out, stop=stop, progress=progress, concurrency=4
+            )
+        first_done.set()
     assert (summary.stopped, summary.exit_code) == ("interrupted", 130)
     states = Counter(state for state, _ in ledger_rows(out).values())
     assert states["submitted"] >= 4
     assert states["pending"] >= 1
     assert states["submitting"] == 0
     assert [r["status"] for r in results(out)].count("pending") == summary.pending
-    async with simulated(sim=sim) as (_, flux):
-        resumed = await run_batch(flux, prompts, out)
+    resumed_done = anyio.Event()
+    async with simulated(sim=sim) as (_, flux), anyio.create_task_group() as tg:
+        # Tasks end by ~30 + 2 * 60 s; a download's 600 s limit must never fire.
+        tg.start_soon(functools.partial(move_time, clock, resumed_done, below=500.0))
+        with anyio.fail_after(60):
+            resumed = await run_batch(flux, prompts, out)
+        resumed_done.set()
     assert (resumed.ok, resumed.exit_code) == (12, 0)
     assert set(created_per_prompt(sim).values()) == {1}
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from flux_async import AsyncFlux, GenerationError, ScaledClock
+from flux_async import AsyncFlux, GenerationError, ManualClock, ScaledClock
 from flux_async._events import (
     Event,
     EventEmitter,
@@ -23,6 +25,8 @@ from flux_async._events import (
 )
 from flux_async._webhooks import sign_body
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig
+
+from ._util import move_time
 
 pytestmark = pytest.mark.anyio
 
@@ -149,25 +153,37 @@ def test_flatten_statistics_nests_and_refuses_non_records() -> None:
 async def test_no_log_record_carries_the_key_or_a_signed_url(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sim = make_sim()
+    # Was flaky under load: on a ScaledClock(100) the 1 s webhook fallback was 10 ms of
+    # real time, so a slow machine let its poll resolve the task before the webhook came
+    # (no "resolved" WebhookReceived). On a ManualClock that moves only below the 30 s
+    # fallback, the 1 s tasks are always resolved by their webhooks.
+    clock = ManualClock()
+    cfg = SimulatorConfig(latency={MODEL: (0.5, 0.3)}, image_bytes=0)
+    sim = Simulator(cfg, clock=clock)
+    for _ in range(2):
+        sim.plan_next(duration=1.0)
+    fallback = 30.0
     caplog.set_level(logging.DEBUG)
     events: list[Event] = []
     url = "https://backend.test/hook"
+    done = anyio.Event()
     async with (
         client(
             sim,
             webhook_url=url,
             webhook_secret=SECRET,
-            # 5 s (125 ms real): the webhook, not a fallback poll, must resolve the first
-            # task; at 1 s (25 ms real) a loaded machine let the poll win now and then.
-            webhook_fallback=5.0,
+            webhook_fallback=fallback,
             event_hooks=[events.append],
         ) as flux,
         sim.webhooks.running(sink=flux.webhook_app()),
+        anyio.create_task_group() as tg,
     ):
-        await flux.generate("a fox", model=MODEL, output_dir=tmp_path)
-        sim.inject("delivery", status=403)  # an expired URL, then a re-poll: logged paths
-        await flux.generate("a second fox", model=MODEL, output_dir=tmp_path)
+        tg.start_soon(functools.partial(move_time, clock, done, below=fallback))
+        with anyio.fail_after(60):
+            await flux.generate("a fox", model=MODEL, output_dir=tmp_path)
+            sim.inject("delivery", status=403)  # an expired URL, then a re-poll: logged paths
+            await flux.generate("a second fox", model=MODEL, output_dir=tmp_path)
+        done.set()
         forged = b'{"id": "nope", "status": "Ready"}'
         await flux.handle_webhook({"x-bfl-signature": sign_body(forged, "wrong")}, forged)
     assert any(isinstance(e, WebhookReceived) and e.action == "resolved" for e in events)

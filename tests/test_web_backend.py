@@ -6,16 +6,17 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from flux_async import AsyncFlux, ClientClosedError, GeneratedImage, ScaledClock
+from flux_async import AsyncFlux, ClientClosedError, GeneratedImage, ManualClock, ScaledClock
 from flux_async._events import Event, ImageSaved, TaskOrphaned, TaskReady, TaskSubmitted
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig, serve
-from tests._util import settle
+from tests._util import move_time, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -25,6 +26,15 @@ MODEL = "flux-2-klein-4b"
 def make_sim(speed: float = 100.0, median: float = 0.5, **config: Any) -> Simulator:
     cfg = SimulatorConfig(latency={MODEL: (median, 0.3)}, image_bytes=0, credits=1e6, **config)
     return Simulator(cfg, clock=ScaledClock(speed))
+
+
+def manual_sim(clock: ManualClock, median: float) -> Simulator:
+    """A simulator on ``clock`` whose tasks all take ``median`` seconds (no draw)."""
+    cfg = SimulatorConfig(latency={MODEL: (median, 0.3)}, image_bytes=0, credits=1e6)
+    sim = Simulator(cfg, clock=clock)
+    for _ in range(8):
+        sim.plan_next(duration=median)
+    return sim
 
 
 def client(sim: Simulator, **options: Any) -> AsyncFlux:
@@ -189,8 +199,14 @@ async def test_without_an_orphan_dir_the_image_lands_where_the_caller_asked(
 async def test_abandon_lets_the_image_go_but_keeps_the_slot_until_the_task_ends(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sim = make_sim(median=2.0)
+    # Was flaky under load: on a ScaledClock(100) the 2 s task was 20 ms of real time and
+    # could end before the cancel, so nothing was abandoned. On a ManualClock time stands
+    # still until the cancel and the in-flight check, then moves (below a download's 600 s
+    # limit) only when every task waits.
+    clock = ManualClock()
+    sim = manual_sim(clock, median=2.0)
     events: list[Event] = []
+    done = anyio.Event()
     async with client(sim, on_cancel="abandon", max_active=1, event_hooks=[events.append]) as flux:
         with anyio.move_on_after(5) as scope:
             async with anyio.create_task_group() as tg:
@@ -200,8 +216,12 @@ async def test_abandon_lets_the_image_go_but_keeps_the_slot_until_the_task_ends(
         # The server still counts the task: the slot is held until it ends.
         assert flux.statistics().limiter.in_flight == 1
         with caplog.at_level(logging.WARNING, logger="flux_async"):
-            img = await flux.generate("next in line", model=MODEL, output_dir=tmp_path)
-            await settle()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(move_time, clock, done, below=500.0))
+                with anyio.fail_after(30):
+                    img = await flux.generate("next in line", model=MODEL, output_dir=tmp_path)
+                done.set()
+            await settle()  # after move_time has stopped: two settle() loops never settle
         orphans = flux.statistics().orphans
         assert orphans is not None
         assert orphans.abandoned == 1
@@ -234,9 +254,14 @@ async def test_a_caller_cancelled_while_queued_never_submits(tmp_path: Path) -> 
 
 
 async def test_aclose_with_drain_finishes_paid_work_and_refuses_the_rest(tmp_path: Path) -> None:
-    sim = make_sim(median=1.0)
+    # Was flaky under load: on a ScaledClock(100) the 1 s tasks were 10 ms of real time, so
+    # "a" could end and "c" be submitted before aclose() ran. On a ManualClock time stands
+    # still until aclose() has refused the queued callers, then moves below the 60 s drain.
+    clock = ManualClock()
+    sim = manual_sim(clock, median=1.0)
     outcomes: dict[str, object] = {}
     flux = client(sim, max_active=2)
+    done = anyio.Event()
 
     async def caller(name: str) -> None:
         try:
@@ -249,7 +274,9 @@ async def test_aclose_with_drain_finishes_paid_work_and_refuses_the_rest(tmp_pat
         for name in ("a", "b", "c", "d", "e"):
             tg.start_soon(caller, name)
         await until(lambda: len(sim.records.submits) == 2)
-        await flux.aclose(drain=60.0)
+        tg.start_soon(partial(move_time, clock, done, below=50.0))
+        await flux.aclose(drain=60.0)  # no fail_after: aclose exits the client's task group
+        done.set()
     images = {k for k, v in outcomes.items() if isinstance(v, GeneratedImage)}
     refused = {k for k, v in outcomes.items() if isinstance(v, ClientClosedError)}
     assert images == {"a", "b"}
