@@ -287,7 +287,7 @@ def test_any_poll_reply_ends_one_task_and_the_client_serves_the_next(
             api_key=KEY,
             base_url=BASE,
             transport=httpx.MockTransport(api.handler),
-            clock=ScaledClock(400.0),
+            clock=ScaledClock(100.0),  # 20 s of task timeout: 0.2 s real, ample margin
             poll_policy=FixedIntervalPolicy(0.5),
             task_timeout=20.0,
         ) as flux:
