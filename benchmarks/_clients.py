@@ -20,7 +20,7 @@ from _clock import SharedClock
 from _harness import Run, SimServer, simulator
 
 from flux_async import AsyncFlux, FluxError
-from flux_async._policy import PollPolicy, PollState
+from flux_async._polling._policy import PollPolicy, PollState
 from flux_async.testing import FAKE_API_KEY
 
 MODEL = "flux-dev"  # catalog prior: median 4 s, sigma 0.5; the runs draw median 3 s

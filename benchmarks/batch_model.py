@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from _harness import ideal_fifo, lognormal_durations
 
-from flux_async._hazard import default_policy
-from flux_async._policy import PollPolicy, PollState
+from flux_async._polling._hazard import default_policy
+from flux_async._polling._policy import PollPolicy, PollState
 
 KEY = "bfl:flux-dev"
 

@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 
 from flux_async import AsyncFlux
-from flux_async._batch import run_batch
+from flux_async._batching._batch import run_batch
 from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, Simulator, SimulatorConfig, serve
 
 MODEL = "flux-2-klein-4b"

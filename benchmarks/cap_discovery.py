@@ -30,7 +30,7 @@ import anyio
 from _clients import run_variant
 from _harness import ideal_fifo, lognormal_durations, table
 
-from flux_async._policy import FixedIntervalPolicy
+from flux_async._polling._policy import FixedIntervalPolicy
 
 COLUMNS = [
     ("429s / task", "r429", ".3f"),

@@ -37,7 +37,7 @@ from _clock import SharedClock
 from _harness import Run, lognormal_durations, percentile, simulator, table
 
 from flux_async import AsyncFlux, FluxError, TaskResult
-from flux_async._policy import FixedIntervalPolicy
+from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async.testing import FAKE_API_KEY
 
 STREAM_COLUMNS = [

@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 
 from flux_async import AsyncFlux, ScaledClock
-from flux_async._policy import FixedIntervalPolicy, PollPolicy
+from flux_async._polling._policy import FixedIntervalPolicy, PollPolicy
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig, serve
 
 CAP = 24

@@ -27,7 +27,7 @@ import anyio
 from _clients import run_variant
 from _harness import Run, table
 
-from flux_async._policy import FixedIntervalPolicy, ReferencePolicy
+from flux_async._polling._policy import FixedIntervalPolicy, ReferencePolicy
 
 COLUMNS = [
     ("makespan (s)", "makespan", ".2f"),

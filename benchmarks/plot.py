@@ -21,10 +21,10 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flux_async._hazard import HazardPolicy
-from flux_async._latency import LatencyModel
-from flux_async._policy import FixedIntervalPolicy, PollPolicy, simulate_schedule
-from flux_async._regime import FRUGAL, THROUGHPUT, RegimePolicy, RegimeSettings
+from flux_async._polling._hazard import HazardPolicy
+from flux_async._polling._latency import LatencyModel
+from flux_async._polling._policy import FixedIntervalPolicy, PollPolicy, simulate_schedule
+from flux_async._polling._regime import FRUGAL, THROUGHPUT, RegimePolicy, RegimeSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT = 900, 470

@@ -32,7 +32,7 @@ from _clients import run_variant
 from _clock import SharedClock
 from _harness import ideal_fifo, lognormal_durations, simulator, table
 
-from flux_async._policy import FixedIntervalPolicy, ReferencePolicy
+from flux_async._polling._policy import FixedIntervalPolicy, ReferencePolicy
 
 COLUMNS = [
     ("makespan / ideal", "ratio", ".3f"),

@@ -38,7 +38,7 @@ import anyio
 from _clients import run_variant
 from _harness import ideal_fifo, lognormal_durations, table
 
-from flux_async._policy import FixedIntervalPolicy, ReferencePolicy
+from flux_async._polling._policy import FixedIntervalPolicy, ReferencePolicy
 
 CAPBOUND_COLUMNS = [
     ("makespan / ideal", "ratio", ".3f"),

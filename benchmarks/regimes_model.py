@@ -4,7 +4,7 @@
 
 The workloads of ``regimes.py`` (cap-bound: 240 x flux-2-pro, cap 24, lognormal median
 3 s sigma 0.5; all in flight: 120 alternating flux-2-klein-4b 1 s / flux-2-max 6 s,
-sigma 0.4), run through the library's own :class:`~flux_async._scheduler.Scheduler`
+sigma 0.4), run through the library's own :class:`~flux_async._engine._scheduler.Scheduler`
 and policies on a :class:`~flux_async.ManualClock`: a poll is answered ``--rtt``
 seconds after it is sent, submissions wait FIFO for a slot, and the polling regime sees
 those waiters exactly as the client's limiter reports them. No event loop delay, no
@@ -28,12 +28,12 @@ import anyio
 from _harness import ideal_fifo, table
 
 from flux_async import ManualClock
-from flux_async._budget import RateBudget
-from flux_async._hazard import default_policy
-from flux_async._models import PollReply, Task
-from flux_async._policy import FixedIntervalPolicy, PollPolicy, ReferencePolicy
-from flux_async._regime import regime_policy
-from flux_async._scheduler import Scheduler
+from flux_async._engine._scheduler import Scheduler
+from flux_async._polling._budget import RateBudget
+from flux_async._polling._hazard import default_policy
+from flux_async._polling._policy import FixedIntervalPolicy, PollPolicy, ReferencePolicy
+from flux_async._polling._regime import regime_policy
+from flux_async._request._models import PollReply, Task
 
 Workload = tuple[list[str], list[float], int]
 COLUMNS = [

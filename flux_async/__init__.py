@@ -8,10 +8,9 @@ async with AsyncFlux() as flux:
 
 from __future__ import annotations
 
-from ._batch import BatchChangedError, BatchInputError, BatchSummary, run_batch
-from ._catalog import MODELS, ModelSpec, get_model
+from ._batching._batch import BatchChangedError, BatchInputError, BatchSummary, run_batch
 from ._client import AsyncFlux, ClientStatistics
-from ._clock import Clock, ManualClock, ScaledClock, SystemClock
+from ._core._clock import Clock, ManualClock, ScaledClock, SystemClock
 from ._errors import (
     AmbiguousSubmitError,
     APIError,
@@ -41,22 +40,10 @@ from ._errors import (
     UnknownStatusError,
     ValidationError,
 )
-from ._events import (
-    CoordinatorChanged,
-    Event,
-    EventHook,
-    ImageSaved,
-    TaskFailed,
-    TaskOrphaned,
-    TaskPolled,
-    TaskReady,
-    TaskSubmitted,
-    WebhookReceived,
-)
 from ._fleet import Coordinator
-from ._models import GeneratedImage, Outcome, PollReply, Task, TaskResult
-from ._orphans import OnCancel, OrphanStatistics
-from ._requests import (
+from ._request._catalog import MODELS, ModelSpec, get_model
+from ._request._models import GeneratedImage, Outcome, PollReply, Task, TaskResult
+from ._request._requests import (
     BaseRequest,
     Flux2FlexRequest,
     Flux2KleinRequest,
@@ -70,8 +57,21 @@ from ._requests import (
     build_request,
     validate_request,
 )
-from ._webhook_app import WebhookReceiverStatistics
-from ._webhooks import WebhookRejected, new_webhook_secret, sign_body
+from ._web._events import (
+    CoordinatorChanged,
+    Event,
+    EventHook,
+    ImageSaved,
+    TaskFailed,
+    TaskOrphaned,
+    TaskPolled,
+    TaskReady,
+    TaskSubmitted,
+    WebhookReceived,
+)
+from ._web._orphans import OnCancel, OrphanStatistics
+from ._web._webhook_app import WebhookReceiverStatistics
+from ._web._webhooks import WebhookRejected, new_webhook_secret, sign_body
 
 __version__ = "0.1.0.dev0"
 

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 
 from . import __version__
+from ._batching._report import strip_control
 from ._cli_checks import (
     CLI_FIELDS,
     credits,
@@ -33,7 +34,6 @@ from ._cli_checks import (
 from ._client import AsyncFlux
 from ._errors import ConfigurationError, FluxError, ValidationError
 from ._providers import PRESETS
-from ._report import strip_control
 
 __all__ = ["build_parser", "main"]
 
@@ -195,7 +195,7 @@ async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator
     if getattr(args, "coordinator", None):
         options["coordinator"] = args.coordinator
     if args.simulate:
-        from ._clock import ScaledClock
+        from ._core._clock import ScaledClock
         from .testing import FAKE_API_KEY, Simulator
 
         clock = ScaledClock(args.sim_speed)
@@ -233,7 +233,7 @@ async def _generate(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from ._clock import ScaledClock
+    from ._core._clock import ScaledClock
     from .testing import FAKE_API_KEY, Simulator, SimulatorConfig, serve
 
     config = SimulatorConfig(openai_response=args.response_format)
@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_USAGE
     if args.command == "batch":
-        from ._batch_cli import run_batch_command
+        from ._batching._batch_cli import run_batch_command
 
         return run_batch_command(args, open_client=open_client, fields=request_fields(args))
     runner = {"generate": _generate, "simulate": _simulate}[args.command]

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._catalog import MODELS, get_model
 from ._errors import ConfigurationError
 from ._providers import PRESETS
+from ._request._catalog import MODELS, get_model
 
 __all__ = [
     "CLI_FIELDS",

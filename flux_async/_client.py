@@ -28,30 +28,30 @@ import anyio
 import anyio.abc
 import httpx
 
-from ._bounded import DEFAULT_MAX_IMAGE_BYTES
-from ._catalog import DEFAULT_ACTIVE_LIMIT
-from ._clock import Clock, SystemClock
-from ._download import Downloader, SavedFile, result_deadline
+from ._core._bounded import DEFAULT_MAX_IMAGE_BYTES
+from ._core._clock import Clock, SystemClock
+from ._core._paths import WritableFolders, check_file_name, task_stem
+from ._engine._download import Downloader, SavedFile, result_deadline
+from ._engine._limits import ActiveTaskLimiter, Slot
+from ._engine._scheduler import Scheduler
 from ._errors import ClientClosedError, ConfigurationError, DownloadError, FluxError
-from ._events import EventEmitter, EventHook
 from ._fleet import Coordinator, Fleet, TaskRecord, adoption_target
-from ._hybrid import HybridPolicy
-from ._limits import ActiveTaskLimiter, Slot
 from ._many import Item, run_many
-from ._models import GeneratedImage, Outcome, Status, Task, TaskResult
-from ._orphans import OnCancel, OrphanHook, OrphanKeeper, WorkTracker
-from ._paths import WritableFolders, check_file_name, task_stem
-from ._policy import PollPolicy
+from ._polling._hybrid import HybridPolicy
+from ._polling._policy import PollPolicy
+from ._polling._regime import PollingMode, regime_policy
+from ._polling._window import AdaptiveWindow
 from ._providers import ApiKey, Provider, get_preset, resolve_api_key
 from ._providers._http import DEFAULT_MAX_REPLY_BYTES
-from ._references import ReferenceImage, reference_placeholders, resolve_references
-from ._regime import PollingMode, regime_policy
-from ._requests import BaseRequest, build_request, validate_request
-from ._scheduler import Scheduler
+from ._request._catalog import DEFAULT_ACTIVE_LIMIT
+from ._request._models import GeneratedImage, Outcome, Status, Task, TaskResult
+from ._request._references import ReferenceImage, reference_placeholders, resolve_references
+from ._request._requests import BaseRequest, build_request, validate_request
 from ._statistics import ClientStatistics
 from ._submission import Submitter
-from ._webhook_app import ASGIApp, WebhookReceiver, asgi_app
-from ._window import AdaptiveWindow
+from ._web._events import EventEmitter, EventHook
+from ._web._orphans import OnCancel, OrphanHook, OrphanKeeper, WorkTracker
+from ._web._webhook_app import ASGIApp, WebhookReceiver, asgi_app
 from ._wiring import open_parts
 
 if TYPE_CHECKING:

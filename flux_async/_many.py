@@ -22,12 +22,12 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ._core._guard import unexpected
+from ._engine._pipeline import Stages, Ticket
 from ._errors import FluxError, ValidationError
-from ._guard import unexpected
-from ._models import GeneratedImage, Outcome
-from ._pipeline import Stages, Ticket
-from ._references import ReferenceImage, reference_placeholders
-from ._requests import BaseRequest, build_request, validate_request
+from ._request._models import GeneratedImage, Outcome
+from ._request._references import ReferenceImage, reference_placeholders
+from ._request._requests import BaseRequest, build_request, validate_request
 
 __all__ = ["GenerateOne", "Item", "run_many"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._download import DownloaderStatistics
-from ._events import flatten_statistics
-from ._limits import LimiterStatistics
-from ._orphans import OrphanStatistics
-from ._scheduler import SchedulerStatistics
-from ._webhook_app import WebhookReceiverStatistics
+from ._engine._download import DownloaderStatistics
+from ._engine._limits import LimiterStatistics
+from ._engine._scheduler import SchedulerStatistics
+from ._web._events import flatten_statistics
+from ._web._orphans import OrphanStatistics
+from ._web._webhook_app import WebhookReceiverStatistics
 
 __all__ = ["ClientStatistics"]
 

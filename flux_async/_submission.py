@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ._backoff import compute_backoff
-from ._clock import Clock
+from ._core._backoff import compute_backoff
+from ._core._clock import Clock
+from ._engine._limits import ActiveTaskLimiter, Slot
 from ._errors import (
     AmbiguousSubmitError,
     ConnectError,
@@ -19,10 +20,9 @@ from ._errors import (
     RequestTimeoutError,
     ServerError,
 )
-from ._limits import ActiveTaskLimiter, Slot
-from ._models import Task
 from ._providers import Provider
-from ._requests import BaseRequest
+from ._request._models import Task
+from ._request._requests import BaseRequest
 
 __all__ = ["Submitter"]
 

@@ -10,14 +10,14 @@ import contextlib
 
 import httpx
 
-from ._budget import RateBudget
-from ._clock import Clock
-from ._download import Downloader
-from ._events import EventEmitter
-from ._policy import PollPolicy
+from ._core._clock import Clock
+from ._engine._download import Downloader
+from ._engine._scheduler import PollFn, Scheduler
+from ._polling._budget import RateBudget
+from ._polling._policy import PollPolicy
 from ._providers import ApiKey, Provider, ProviderPreset, make_provider
 from ._providers._http import api_client, download_client
-from ._scheduler import PollFn, Scheduler
+from ._web._events import EventEmitter
 
 __all__ = ["open_parts"]
 

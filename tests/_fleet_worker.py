@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 
 from flux_async import AsyncFlux, Coordinator, Event, ImageSaved
-from flux_async._policy import FixedIntervalPolicy
+from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async.testing import FAKE_API_KEY
 
 

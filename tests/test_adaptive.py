@@ -11,12 +11,12 @@ import anyio
 import pytest
 
 from flux_async import AsyncFlux, ManualClock
-from flux_async._hazard import HazardPolicy, catalog_prior, default_policy
-from flux_async._latency import LatencyModel
-from flux_async._limits import ActiveTaskLimiter, Slot
-from flux_async._policy import PollState, simulate_schedule
-from flux_async._progress import ProgressModel, progress_estimate
-from flux_async._window import AdaptiveWindow
+from flux_async._engine._limits import ActiveTaskLimiter, Slot
+from flux_async._polling._hazard import HazardPolicy, catalog_prior, default_policy
+from flux_async._polling._latency import LatencyModel
+from flux_async._polling._policy import PollState, simulate_schedule
+from flux_async._polling._progress import ProgressModel, progress_estimate
+from flux_async._polling._window import AdaptiveWindow
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig
 
 from ._util import move_time, settle

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flux_async._backoff import (
+from flux_async._core._backoff import (
     MAX_RETRY_AFTER,
     SubmitVerdict,
     compute_backoff,

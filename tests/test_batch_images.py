@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from flux_async import ValidationError
-from flux_async._batch import BatchInputError, run_batch
-from flux_async._batch_images import check_image_entries, image_entry_value
+from flux_async._batching._batch import BatchInputError, run_batch
+from flux_async._batching._batch_images import check_image_entries, image_entry_value
 from flux_async._cli import main
 from flux_async.testing._images import render
 

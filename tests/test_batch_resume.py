@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from flux_async._ledger import LEDGER_NAME
+from flux_async._batching._ledger import LEDGER_NAME
 from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, Simulator, SimulatorConfig, serve
 
 pytestmark = [

@@ -13,10 +13,10 @@ import anyio.lowlevel
 import pytest
 
 from flux_async import ManualClock
-from flux_async._bounded import BodyTooLarge, UnsupportedEncoding, decoded
-from flux_async._deadline import within
-from flux_async._log_redaction import QueryRedactor, install, redact_queries
-from flux_async._redirects import RedirectRefused, is_internal_host, next_hop
+from flux_async._core._bounded import BodyTooLarge, UnsupportedEncoding, decoded
+from flux_async._core._log_redaction import QueryRedactor, install, redact_queries
+from flux_async._engine._deadline import within
+from flux_async._engine._redirects import RedirectRefused, is_internal_host, next_hop
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flux_async._budget import RateBudget
+from flux_async._polling._budget import RateBudget
 
 
 def greedy(budget: RateBudget, start: float, end: float, in_flight: int) -> list[float]:

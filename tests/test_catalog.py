@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flux_async._catalog import DEFAULT_ACTIVE_LIMIT, MODELS, ModelSpec, get_model
 from flux_async._errors import ConfigurationError
-from flux_async._requests import (
+from flux_async._request._catalog import DEFAULT_ACTIVE_LIMIT, MODELS, ModelSpec, get_model
+from flux_async._request._requests import (
     Flux2FlexRequest,
     Flux2KleinRequest,
     Flux2Request,

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from flux_async import ConfigurationError, DownloadError, StorageError
-from flux_async import _download as download_module
-from flux_async import _ledger as ledger_module
-from flux_async._atomic_write import write_atomically
-from flux_async._batch import run_batch
+from flux_async._batching import _ledger as ledger_module
+from flux_async._batching._batch import run_batch
+from flux_async._batching._ledger import LEDGER_NAME, LedgerFullError
 from flux_async._cli import main
-from flux_async._ledger import LEDGER_NAME, LedgerFullError
+from flux_async._engine import _download as download_module
+from flux_async._engine._atomic_write import write_atomically
 
 from .test_batch import created_per_prompt, fast_config, ledger_rows, results, simulated, write
 

@@ -89,7 +89,7 @@ def test_sphinx_roles_are_tidied_in_rendered_docstrings() -> None:
 
 
 def build_request_examples() -> list[str]:
-    source = (ROOT / "flux_async" / "_requests.py").read_text(encoding="utf-8")
+    source = (ROOT / "flux_async" / "_request" / "_requests.py").read_text(encoding="utf-8")
     blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", source, re.DOTALL)]
     return [b for b in blocks if b.startswith("build_request(") and b.count("build_request(") == 1]
 

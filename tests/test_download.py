@@ -16,15 +16,15 @@ import anyio
 import httpx
 import pytest
 
-from flux_async._clock import ManualClock
-from flux_async._download import (
+from flux_async._core._clock import ManualClock
+from flux_async._engine._download import (
     Downloader,
     DownloaderStatistics,
     SavedFile,
     extension_for,
     result_deadline,
 )
-from flux_async._edf import DeadlineGate
+from flux_async._engine._edf import DeadlineGate
 from flux_async._errors import (
     DownloadError,
     IncompleteDownloadError,

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from flux_async import AsyncFlux, GenerationError, ManualClock, ScaledClock
-from flux_async._events import (
+from flux_async._web._events import (
     Event,
     EventEmitter,
     ImageSaved,
@@ -23,7 +23,7 @@ from flux_async._events import (
     WebhookReceived,
     flatten_statistics,
 )
-from flux_async._webhooks import sign_body
+from flux_async._web._webhooks import sign_body
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig
 
 from ._util import move_time

@@ -23,9 +23,9 @@ from flux_async import (
     ResultExpiredError,
     TaskTimeoutError,
 )
-from flux_async._clock import SystemClock
-from flux_async._download import Downloader
-from flux_async._policy import FixedIntervalPolicy
+from flux_async._core._clock import SystemClock
+from flux_async._engine._download import Downloader
+from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async.testing import HostileReply, HostileServer, serve
 from flux_async.testing._hostile import PNG
 

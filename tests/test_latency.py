@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from flux_async._latency import (
+from flux_async._polling._latency import (
     LatencyModel,
     _truncated_log_moments,
     lognormal_hazard,

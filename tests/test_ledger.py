@@ -11,8 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from flux_async._clock import ManualClock
-from flux_async._ledger import (
+from flux_async._batching._ledger import (
     INTERRUPTED_SUBMIT,
     LEDGER_NAME,
     ItemState,
@@ -21,6 +20,7 @@ from flux_async._ledger import (
     run_config_changes,
     scrub_secrets,
 )
+from flux_async._core._clock import ManualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -325,7 +325,7 @@ CHILD = """
 import os, signal, sys
 from pathlib import Path
 import anyio
-from flux_async._ledger import Ledger
+from flux_async._batching._ledger import Ledger
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)

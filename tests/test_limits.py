@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from flux_async._limits import ActiveTaskLimiter, Slot
+from flux_async._engine._limits import ActiveTaskLimiter, Slot
 
 from ._util import settle
 

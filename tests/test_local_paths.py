@@ -26,7 +26,7 @@ from flux_async import (
     ValidationError,
 )
 from flux_async._cli import main
-from flux_async._paths import (
+from flux_async._core._paths import (
     TASK_STEM_MAX,
     check_file_name,
     contained,
@@ -34,7 +34,7 @@ from flux_async._paths import (
     prepare_folder,
     task_stem,
 )
-from flux_async._policy import FixedIntervalPolicy
+from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async._providers._parse import MAX_ID_CHARS
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig
 

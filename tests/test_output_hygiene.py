@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from flux_async import AsyncFlux
-from flux_async._batch import run_batch
-from flux_async._batch_cli import _say
-from flux_async._ledger import LEDGER_NAME
-from flux_async._report import strip_control
+from flux_async._batching._batch import run_batch
+from flux_async._batching._batch_cli import _say
+from flux_async._batching._ledger import LEDGER_NAME
+from flux_async._batching._report import strip_control
 from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, ScaledClock, Simulator, SimulatorConfig
 
 from .test_batch import simulated, write

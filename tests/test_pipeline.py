@@ -7,10 +7,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from flux_async._batch import run_batch
-from flux_async._batch_progress import BatchProgress
-from flux_async._pipeline import Stages
-from flux_async._regime import RegimePolicy
+from flux_async._batching._batch import run_batch
+from flux_async._batching._batch_progress import BatchProgress
+from flux_async._engine._pipeline import Stages
+from flux_async._polling._regime import RegimePolicy
 from flux_async.testing import Simulator
 
 from .test_client import client, make_sim

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from flux_async._hazard import HazardPolicy, next_poll_time
-from flux_async._latency import LatencyModel, lognormal_hazard
-from flux_async._policy import (
+from flux_async._polling._hazard import HazardPolicy, next_poll_time
+from flux_async._polling._latency import LatencyModel, lognormal_hazard
+from flux_async._polling._policy import (
     BackoffPolicy,
     FixedIntervalPolicy,
     PollPolicy,

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from flux_async._errors import ConfigurationError, ValidationError
-from flux_async._prompts import (
+from flux_async._batching._prompts import (
     InputProblem,
     PromptItem,
     aiter_prompt_file,
@@ -21,6 +20,7 @@ from flux_async._prompts import (
     reference_image_fields,
     validate_item,
 )
+from flux_async._errors import ConfigurationError, ValidationError
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:

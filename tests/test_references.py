@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flux_async import ValidationError
-from flux_async._references import (
+from flux_async._request._references import (
     MAX_REFERENCE_BYTES,
     ReferenceImage,
     check_references,

@@ -9,11 +9,16 @@ import anyio
 import pytest
 
 from flux_async import AsyncFlux, ManualClock
-from flux_async._hazard import HazardPolicy, catalog_prior
-from flux_async._latency import LatencyModel
-from flux_async._models import PollReply, Task
-from flux_async._policy import FixedIntervalPolicy, PollPolicy, PollState, simulate_schedule
-from flux_async._regime import (
+from flux_async._engine._scheduler import Scheduler
+from flux_async._polling._hazard import HazardPolicy, catalog_prior
+from flux_async._polling._latency import LatencyModel
+from flux_async._polling._policy import (
+    FixedIntervalPolicy,
+    PollPolicy,
+    PollState,
+    simulate_schedule,
+)
+from flux_async._polling._regime import (
     FRUGAL,
     THROUGHPUT,
     PollingMode,
@@ -23,7 +28,7 @@ from flux_async._regime import (
     paced,
     regime_policy,
 )
-from flux_async._scheduler import Scheduler
+from flux_async._request._models import PollReply, Task
 from flux_async.testing import FAKE_API_KEY
 
 from .test_scheduler import FakeServer, Script, drive, ready, status

@@ -30,7 +30,7 @@ from flux_async import (
     ScaledClock,
     ValidationError,
 )
-from flux_async._policy import FixedIntervalPolicy
+from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async._providers import PRESETS, get_preset
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig, serve
 from flux_async.testing._images import render
@@ -444,7 +444,7 @@ async def test_dmxapi_defaults_fit_a_slow_relay(tmp_path: Path) -> None:
 
 
 async def test_a_batch_run(relay: Relay, tmp_path: Path) -> None:
-    from flux_async._batch import run_batch
+    from flux_async._batching._batch import run_batch
 
     ref = tmp_path / "ref.png"
     ref.write_bytes(b"".join(render("png", 64, 64, seed=5, target=0).chunks()))

@@ -28,13 +28,13 @@ from flux_async import (
     TaskResult,
     UnexpectedError,
 )
-from flux_async._models import PollReply, Task
-from flux_async._policy import FixedIntervalPolicy
+from flux_async._core._text import clean_text
+from flux_async._engine._scheduler import Scheduler
+from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async._providers import ApiKey, BFLProvider, OpenAIProvider, get_preset
 from flux_async._providers._parse import checked_task_id, parse_poll, parse_submit
-from flux_async._requests import build_request
-from flux_async._scheduler import Scheduler
-from flux_async._text import clean_text
+from flux_async._request._models import PollReply, Task
+from flux_async._request._requests import build_request
 
 pytestmark = pytest.mark.anyio
 
@@ -398,7 +398,7 @@ def test_server_text_is_cleaned_where_it_enters() -> None:
     sample = reply.sample()
     assert sample is not None
     assert sample.prompt == "a[31m fox in snow"
-    from flux_async._replies import unknown_status
+    from flux_async._request._replies import unknown_status
 
     odd = PollReply(id="t1", status="Odd\x1b]0;x\x07")
     assert "\x1b" not in str(unknown_status("t1", odd, 61.0))

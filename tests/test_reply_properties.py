@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flux_async import AsyncFlux, FluxError, ManualClock, ScaledClock, TaskResult
-from flux_async._models import PollReply, SubmitReply, Task
-from flux_async._policy import FixedIntervalPolicy
+from flux_async._engine._scheduler import Scheduler
+from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async._providers import ApiKey, BFLProvider, OpenAIProvider, get_preset
 from flux_async._providers._parse import is_usable_url, parse_poll, parse_submit
-from flux_async._requests import build_request
-from flux_async._scheduler import Scheduler
+from flux_async._request._models import PollReply, SubmitReply, Task
+from flux_async._request._requests import build_request
 
 KEY = "sim-fake-key-property-tests"
 BASE = "https://api.hostile.test"

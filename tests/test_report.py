@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flux_async._ledger import ItemState, Ledger, LedgerItem
-from flux_async._report import LedgerView, write_contact_sheet, write_results_jsonl
+from flux_async._batching._ledger import ItemState, Ledger, LedgerItem
+from flux_async._batching._report import LedgerView, write_contact_sheet, write_results_jsonl
 
 pytestmark = pytest.mark.anyio
 

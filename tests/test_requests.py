@@ -9,8 +9,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from flux_async._errors import ConfigurationError, ValidationError
-from flux_async._request_rules import SEED_MAX, convert_errors, image_order_rules
-from flux_async._requests import (
+from flux_async._request._request_rules import SEED_MAX, convert_errors, image_order_rules
+from flux_async._request._requests import (
     BaseRequest,
     Flux2FlexRequest,
     Flux2Request,

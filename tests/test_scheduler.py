@@ -19,10 +19,10 @@ from flux_async import (
     TaskTimeoutError,
     UnknownStatusError,
 )
+from flux_async._engine._scheduler import Scheduler
 from flux_async._errors import APIError, ConnectError, RateLimitError, ServerError
-from flux_async._models import PollReply, Task
-from flux_async._policy import BackoffPolicy, FixedIntervalPolicy, PollState
-from flux_async._scheduler import Scheduler
+from flux_async._polling._policy import BackoffPolicy, FixedIntervalPolicy, PollState
+from flux_async._request._models import PollReply, Task
 
 from ._util import settle
 

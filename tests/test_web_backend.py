@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from flux_async import AsyncFlux, ClientClosedError, GeneratedImage, ManualClock, ScaledClock
-from flux_async._events import Event, ImageSaved, TaskOrphaned, TaskReady, TaskSubmitted
+from flux_async._web._events import Event, ImageSaved, TaskOrphaned, TaskReady, TaskSubmitted
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig, serve
 from tests._util import move_time, settle
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from flux_async import AsyncFlux, ConfigurationError, GenerationError, ManualClock, ScaledClock
-from flux_async._events import Event, WebhookReceived
-from flux_async._webhook_app import asgi_app
-from flux_async._webhooks import sign_body
+from flux_async._web._events import Event, WebhookReceived
+from flux_async._web._webhook_app import asgi_app
+from flux_async._web._webhooks import sign_body
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig, serve
 
 from ._util import settle

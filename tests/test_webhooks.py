@@ -1,4 +1,4 @@
-"""Tests for flux_async._webhooks: verification, parsing, de-duplication, replay windows."""
+"""Tests for flux_async._web._webhooks: verification, parsing, de-duplication, replay windows."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from flux_async._clock import ManualClock
+from flux_async._core._clock import ManualClock
 from flux_async._errors import ConfigurationError, FluxError
-from flux_async._models import Status
-from flux_async._webhooks import (
+from flux_async._request._models import Status
+from flux_async._web._webhooks import (
     WebhookEvent,
     WebhookRejected,
     WebhookVerifier,
@@ -138,7 +138,7 @@ def test_every_comparison_is_constant_time(
         return real(a, b)
 
     # The module's own reference to hmac: what verify_signature calls at run time.
-    monkeypatch.setattr("flux_async._webhooks.hmac.compare_digest", counting)
+    monkeypatch.setattr("flux_async._web._webhooks.hmac.compare_digest", counting)
     with contextlib.suppress(WebhookRejected):
         verify_signature(headers, READY_BODY, SECRET)
     assert len(seen) == calls

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from flux_async._window import AdaptiveWindow
+from flux_async._polling._window import AdaptiveWindow
 
 # (event, now, in_flight for a 429, window afterwards)
 Event = tuple[str, float, int, int]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from .._clock import Clock
+from .._core._clock import Clock
 from .._errors import ConfigurationError, CoordinatorError
 
 if TYPE_CHECKING:

@@ -18,13 +18,13 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from .._clock import Clock
+from .._core._clock import Clock
+from .._core._paths import check_file_name, task_stem
+from .._engine._limits import Slot
 from .._errors import ValidationError
-from .._events import CoordinatorChanged, EventEmitter
-from .._limits import Slot
-from .._models import Task
-from .._paths import check_file_name, task_stem
-from .._webhook_app import WebhookReceiver
+from .._request._models import Task
+from .._web._events import CoordinatorChanged, EventEmitter
+from .._web._webhook_app import WebhookReceiver
 from .coordinator import Coordinator, FleetSession
 from .heartbeat import AdoptFn, Heartbeat
 from .limiter import FleetLimiter, FleetSlot

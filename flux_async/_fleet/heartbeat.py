@@ -19,7 +19,7 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from .._clock import Clock
+from .._core._clock import Clock
 from .._errors import CoordinatorError
 from . import scripts
 from .coordinator import FleetSession

@@ -1,6 +1,6 @@
 """The fleet's active-task limiter: slots are leases in Redis, granted in FIFO order.
 
-:class:`FleetLimiter` is an :class:`~flux_async._limits.ActiveTaskLimiter` whose slots
+:class:`FleetLimiter` is an :class:`~flux_async._engine._limits.ActiveTaskLimiter` whose slots
 come from the fleet's shared queue (see ``scripts``): :meth:`acquire` puts a ticket in
 the queue and waits until a pump (this process's or any other's) grants it. The local
 counters keep counting every slot this process holds, whatever its origin, so that when
@@ -28,10 +28,10 @@ from collections.abc import Awaitable, Callable, Mapping
 import anyio
 import anyio.abc
 
-from .._backoff import compute_backoff
-from .._clock import Clock
+from .._core._backoff import compute_backoff
+from .._core._clock import Clock
+from .._engine._limits import ActiveTaskLimiter, LimiterStatistics, Slot
 from .._errors import CoordinatorError
-from .._limits import ActiveTaskLimiter, LimiterStatistics, Slot
 from . import scripts
 from .coordinator import FleetSession
 

@@ -23,8 +23,8 @@ from typing import Any, Final
 
 import anyio
 
-from .._clock import Clock
-from .._models import Task
+from .._core._clock import Clock
+from .._request._models import Task
 from . import scripts
 from .coordinator import FleetSession
 from .limiter import FleetLimiter

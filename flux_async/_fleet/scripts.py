@@ -13,7 +13,7 @@ their skew must stay well below the heartbeat ``ttl``, as NTP keeps it). The key
 - ``granted:<owner>`` LIST of tickets granted to that owner and not yet collected.
 - ``window``   HASH: ``value`` (slots the fleet may use now), ``gen``, ``cut_gen``,
   ``cut_in``, ``quiet`` (ms of the last 429 or raise), ``epoch`` (tasks ended + raises),
-  ``refused``, ``raises``: the shared form of :class:`~flux_async._window.AdaptiveWindow`.
+  ``refused``, ``raises``: the shared form of :class:`~flux_async._polling._window.AdaptiveWindow`.
 - ``task:<id>`` HASH: a submitted task's record (see ``registry``); ``owned:<owner>`` SET.
 
 A ticket is granted in queue order while ``HLEN leases < window``, skipping (without

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from .._bounded import DEFAULT_MAX_IMAGE_BYTES
-from .._clock import Clock
+from .._core._bounded import DEFAULT_MAX_IMAGE_BYTES
+from .._core._clock import Clock
 from .._errors import ConfigurationError
 from ._base import PRESETS, ApiKey, Provider, ProviderPreset, get_preset, resolve_api_key
 from ._http import DEFAULT_MAX_REPLY_BYTES

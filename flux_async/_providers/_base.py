@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from .._errors import ConfigurationError
-from .._models import PollReply, Task
+from .._request._models import PollReply, Task
 
 if TYPE_CHECKING:
-    from .._requests import BaseRequest
+    from .._request._requests import BaseRequest
 
 __all__ = ["PRESETS", "ApiKey", "Provider", "ProviderPreset", "get_preset", "resolve_api_key"]
 

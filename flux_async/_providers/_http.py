@@ -15,8 +15,10 @@ from typing import Any, Literal, NoReturn
 import anyio
 import httpx
 
-from .._backoff import SubmitVerdict, judge_submit_status, parse_retry_after
-from .._bounded import ACCEPT_ENCODING, BodyTooLarge, UnsupportedEncoding, decoded
+from .._core._backoff import SubmitVerdict, judge_submit_status, parse_retry_after
+from .._core._bounded import ACCEPT_ENCODING, BodyTooLarge, UnsupportedEncoding, decoded
+from .._core._log_redaction import install as install_log_redaction
+from .._core._text import clean_text
 from .._errors import (
     AmbiguousSubmitError,
     APIError,
@@ -31,8 +33,6 @@ from .._errors import (
     ServerError,
     TransportError,
 )
-from .._log_redaction import install as install_log_redaction
-from .._text import clean_text
 
 __all__ = [
     "DEFAULT_MAX_REPLY_BYTES",

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import httpx
 import pydantic
 
-from .._data_urls import is_data_url
+from .._core._text import clean_text, shown_value
 from .._errors import FluxError
-from .._models import PollReply, SampleResult, Status, SubmitReply
-from .._text import clean_text, shown_value
+from .._request._data_urls import is_data_url
+from .._request._models import PollReply, SampleResult, Status, SubmitReply
 from ._http import Phase, fail_malformed
 
 __all__ = [

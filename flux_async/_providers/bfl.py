@@ -12,9 +12,9 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .._clock import Clock
-from .._models import PollReply, Task
-from .._text import shown_value
+from .._core._clock import Clock
+from .._core._text import shown_value
+from .._request._models import PollReply, Task
 from ._base import ApiKey, ProviderPreset
 from ._http import (
     DEFAULT_MAX_REPLY_BYTES,
@@ -28,7 +28,7 @@ from ._http import (
 from ._parse import is_usable_url, load_json, parse_poll, parse_submit
 
 if TYPE_CHECKING:
-    from .._requests import BaseRequest
+    from .._request._requests import BaseRequest
 
 __all__ = ["BFLProvider"]
 

@@ -28,12 +28,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .._bounded import DEFAULT_MAX_IMAGE_BYTES
-from .._clock import Clock
+from .._core._bounded import DEFAULT_MAX_IMAGE_BYTES
+from .._core._clock import Clock
+from .._core._text import shown_value
 from .._errors import AmbiguousSubmitError, ConfigurationError, ValidationError
-from .._models import PollReply, Status, Task
-from .._references import reference_fields, sniff_image_type
-from .._text import shown_value
+from .._request._models import PollReply, Status, Task
+from .._request._references import reference_fields, sniff_image_type
 from ._base import ApiKey, ProviderPreset
 from ._http import (
     DEFAULT_MAX_REPLY_BYTES,
@@ -45,7 +45,7 @@ from ._http import (
 from ._parse import MAX_ID_CHARS, is_usable_url, load_json, poll_reply
 
 if TYPE_CHECKING:
-    from .._requests import BaseRequest
+    from .._request._requests import BaseRequest
 
 __all__ = ["ENDPOINTS", "Endpoint", "OpenAIProvider", "wire_body"]
 

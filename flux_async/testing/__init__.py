@@ -18,7 +18,7 @@ anywhere, escape sequences in ``detail``); ``serve`` runs it on loopback too.
 
 from __future__ import annotations
 
-from .._clock import ManualClock, ScaledClock
+from .._core._clock import ManualClock, ScaledClock
 from ._app import Simulator
 from ._config import FAKE_API_KEY, KNOWN_MODELS, SimulatorConfig
 from ._hostile import HostileConfig, HostileReply, HostileRequest, HostileServer

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .._clock import Clock, SystemClock
-from .._models import Status
+from .._core._clock import Clock, SystemClock
+from .._request._models import Status
 from ._asgi import (
     Receive,
     Request,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .._clock import Clock
+from .._core._clock import Clock
 
 __all__ = [
     "LINK_EXTENSION",

@@ -28,7 +28,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from .._models import Status
+from .._request._models import Status
 from ._asgi import Request, Response
 from ._images import render
 

@@ -12,7 +12,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass
 
-from .._models import Status
+from .._request._models import Status
 
 __all__ = ["Plan", "SimState", "SimTask"]
 

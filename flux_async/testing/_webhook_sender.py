@@ -38,8 +38,8 @@ import anyio
 import anyio.abc
 import httpx
 
-from .._clock import Clock
-from .._models import Status
+from .._core._clock import Clock
+from .._request._models import Status
 from ._config import SimulatorConfig
 from ._state import SimTask
 

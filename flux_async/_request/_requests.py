@@ -1,0 +1,490 @@
+"""Strict request models, one class per request schema of ``bfl-openapi.json``.
+
+A request is checked locally before anything is paid for: unknown fields, ranges,
+sizes, reference-image counts and order. Every optional field defaults to ``None`` and
+is left out of the body, so the server applies its own defaults; only the fields the
+target model has exist on its class, so only those can be sent.
+
+Decisions the OpenAPI document leaves open:
+
+- ``prompt`` must be non-blank for every model except fill/expand. ``flux-pro-1.1``,
+  ``flux-pro-1.1-ultra`` and ``flux-dev`` default it to ``""``; there a blank prompt is
+  accepted only together with ``image_prompt`` (a blank text-to-image prompt is a mistake
+  that would still be billed).
+- ``seed`` is an integer from 0 to 2**63 - 1. A negative seed is usually the ``-1``
+  "random" sentinel of other image APIs, which BFL does not document (leave ``seed``
+  unset for a random one); the upper bound is what the ledger's SQLite INTEGER holds.
+- FLUX.2 ``width``/``height`` of ``0`` mean "infer from the first input image", the same
+  as leaving them out, so ``0`` is dropped rather than sent.
+- Numbers are parsed leniently (``"1024"`` is 1024, as read from a CSV file) but a
+  boolean is never taken for a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any, ClassVar, Self
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from .._errors import ValidationError
+from ._request_rules import (
+    FLUX2_MAX_PIXELS,
+    AspectRatio,
+    Flux1Side,
+    Flux2Side,
+    ImageRef,
+    OutputFormat,
+    Prompt,
+    Rule,
+    Seed,
+    WebhookUrl,
+    convert_errors,
+    image_order_rules,
+    raise_rules,
+    rule_error,
+)
+
+__all__ = [
+    "BaseRequest",
+    "Flux2FlexRequest",
+    "Flux2KleinRequest",
+    "Flux2Request",
+    "FluxDevRequest",
+    "FluxExpandRequest",
+    "FluxFillRequest",
+    "FluxPro11Request",
+    "FluxUltraRequest",
+    "KontextRequest",
+    "build_request",
+    "validate_request",
+]
+
+_BOOL_FIELDS = frozenset({"prompt_upsampling", "raw"})
+_REPR_MAX = 80
+
+
+def _images(count: int) -> tuple[str, ...]:
+    return ("input_image", *(f"input_image_{n}" for n in range(2, count + 1)))
+
+
+class BaseRequest(BaseModel):
+    """One image request; ``model`` names the endpoint and is not part of the body.
+
+    Construct a family class directly or call :func:`build_request`; either raises
+    :class:`~flux_async.ValidationError` (never pydantic's) when a rule is broken.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    schema_name: ClassVar[str] = ""
+    """The request schema's name in ``bfl-openapi.json``."""
+    reference_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields holding reference images, in the order they must be filled."""
+    image_fields: ClassVar[tuple[str, ...]] = ()
+    """Every field that carries an image (URL, base64 or data: URL), masks included."""
+
+    model: str
+    seed: Seed | None = None
+    output_format: OutputFormat | None = None
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: str | None = Field(default=None, repr=False)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            model = data.get("model")
+            raise convert_errors(
+                exc,
+                model=model if isinstance(model, str) else None,
+                accepted=type(self).accepted_fields(),
+            ) from exc
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # Set fields only, and base64 images cut short: a repr ends up in logs.
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and len(value) > _REPR_MAX:
+                yield name, f"{value[: _REPR_MAX - 20]}...({len(value)} chars)"
+            elif value is not None:
+                yield name, value
+
+    @classmethod
+    def accepted_fields(cls) -> tuple[str, ...]:
+        """Return the body fields this request type accepts, sorted by name."""
+        return tuple(sorted(name for name in cls.model_fields if name != "model"))
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads True as 1; for a size or a seed that is always a slip.
+        if isinstance(value, bool) and info.field_name not in _BOOL_FIELDS:
+            raise rule_error("must not be true/false")
+        return value
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        raise_rules(self._rules())
+        return self
+
+    def _rules(self) -> list[Rule]:
+        """Return the cross-field rules this request breaks (subclasses add theirs)."""
+        return image_order_rules((name, getattr(self, name)) for name in self.reference_fields)
+
+    @property
+    def prompt_text(self) -> str:
+        """Return the prompt, or ``""`` when none was given (for logs and file names)."""
+        prompt = getattr(self, "prompt", None)
+        return prompt if isinstance(prompt, str) else ""
+
+    def to_body(self) -> dict[str, Any]:
+        """Return the JSON body: set fields only, without ``model``."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"model"})
+
+    def reference_images(self) -> list[str]:
+        """Return the reference images set (``input_image*``, ``image_prompt``, ``image``)."""
+        values = (getattr(self, name) for name in self.reference_fields)
+        return [value for value in values if value is not None]
+
+    def images(self) -> dict[str, str]:
+        """Return every image-carrying field that is set, masks included, by field name."""
+        found = {name: getattr(self, name) for name in self.image_fields}
+        return {name: value for name, value in found.items() if value is not None}
+
+    def replace(self, **changes: Any) -> Self:
+        """Return a validated copy with ``changes`` applied; ``None`` unsets a field."""
+        data = {name: value for name, value in self if value is not None}
+        data.update(changes)
+        return type(self)(**{name: value for name, value in data.items() if value is not None})
+
+
+# --- FLUX.2 -------------------------------------------------------------------------
+
+
+class _Flux2Common(BaseRequest):
+    reference_fields = _images(4)
+    image_fields = reference_fields
+
+    prompt: Prompt
+    input_image: ImageRef | None = None
+    input_image_2: ImageRef | None = None
+    input_image_3: ImageRef | None = None
+    input_image_4: ImageRef | None = None
+    width: Flux2Side | None = None
+    height: Flux2Side | None = None
+    safety_tolerance: Annotated[int, Field(ge=0, le=5)] | None = None
+
+    @field_validator("width", "height", mode="before")
+    @classmethod
+    def _zero_means_infer(cls, value: Any) -> Any:
+        if not isinstance(value, bool) and value in (0, "0"):
+            return None
+        return value
+
+    def _rules(self) -> list[Rule]:
+        rules = super()._rules()
+        if self.width is not None and self.height is not None:
+            pixels = self.width * self.height
+            if pixels > FLUX2_MAX_PIXELS:
+                got = f"{self.width}x{self.height} = {pixels}"
+                rules.append(
+                    Rule("width", f"width*height must be <= {FLUX2_MAX_PIXELS} pixels (4 MP)", got)
+                )
+        return rules
+
+
+class Flux2KleinRequest(_Flux2Common):
+    """``flux-2-klein-4b``, ``flux-2-klein-9b``, ``flux-2-klein-9b-preview``: up to 4 images.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-2-klein-4b", "a paper boat", width=512, height=512)
+        ```
+    """
+
+    schema_name = "Flux2KleinInputs"
+
+
+class _Flux2Wide(_Flux2Common):
+    reference_fields = _images(8)
+    image_fields = reference_fields
+
+    input_image_5: ImageRef | None = None
+    input_image_6: ImageRef | None = None
+    input_image_7: ImageRef | None = None
+    input_image_8: ImageRef | None = None
+
+
+class Flux2Request(_Flux2Wide):
+    """``flux-2-pro``, ``flux-2-pro-preview``, ``flux-2-max``: up to 8 reference images.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-2-pro", "the cat, in a hat", input_image="https://example.com/cat.png")
+        ```
+    """
+
+    schema_name = "Flux2Inputs"
+
+
+class Flux2FlexRequest(_Flux2Wide):
+    """``flux-2-flex``: FLUX.2 with ``steps``, ``guidance`` and ``prompt_upsampling``.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-2-flex", "a shop sign", steps=50, guidance=4.5)
+        ```
+    """
+
+    schema_name = "Flux2FlexInputs"
+
+    prompt_upsampling: bool | None = None
+    steps: Annotated[int, Field(ge=1, le=50)] | None = None
+    guidance: Annotated[float, Field(ge=1.5, le=10)] | None = None
+
+
+# --- FLUX.1 Kontext -----------------------------------------------------------------
+
+
+class KontextRequest(BaseRequest):
+    """``flux-kontext-pro``, ``flux-kontext-max``: ``input_image`` (+ 3 experimental).
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request(
+            "flux-kontext-pro", "make it night", input_image="https://example.com/a.png"
+        )
+        ```
+    """
+
+    schema_name = "FluxKontextProInputs"
+    reference_fields = _images(4)
+    image_fields = reference_fields
+
+    prompt: Prompt
+    input_image: ImageRef | None = None
+    input_image_2: ImageRef | None = None
+    input_image_3: ImageRef | None = None
+    input_image_4: ImageRef | None = None
+    aspect_ratio: AspectRatio | None = None
+    prompt_upsampling: bool | None = None
+    safety_tolerance: Annotated[int, Field(ge=0, le=6)] | None = None
+
+
+# --- FLUX1.1 [pro], Ultra, [dev]: text-to-image with an optional image prompt --------
+
+
+class _ImagePromptRequest(BaseRequest):
+    reference_fields = ("image_prompt",)
+    image_fields = reference_fields
+
+    prompt: str | None = None
+    image_prompt: ImageRef | None = None
+    prompt_upsampling: bool | None = None
+    safety_tolerance: Annotated[int, Field(ge=0, le=6)] | None = None
+
+    def _rules(self) -> list[Rule]:
+        rules = super()._rules()
+        if not (self.prompt or "").strip() and self.image_prompt is None:
+            rules.append(Rule("prompt", "must not be empty unless image_prompt is set"))
+        return rules
+
+
+class FluxPro11Request(_ImagePromptRequest):
+    """``flux-pro-1.1``: 256-1440 pixels a side, multiples of 32.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-pro-1.1", "a red fox", width=1024, height=768)
+        ```
+    """
+
+    schema_name = "FluxPro11Inputs"
+
+    width: Flux1Side | None = None
+    height: Flux1Side | None = None
+
+
+class FluxUltraRequest(_ImagePromptRequest):
+    """``flux-pro-1.1-ultra``: sized by ``aspect_ratio``; ``raw`` for a natural look.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-pro-1.1-ultra", "a red fox", aspect_ratio="21:9", raw=True)
+        ```
+    """
+
+    schema_name = "FluxUltraInput"
+
+    aspect_ratio: AspectRatio | None = None
+    raw: bool | None = None
+    image_prompt_strength: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class FluxDevRequest(_ImagePromptRequest):
+    """``flux-dev``: 256-1440 pixels a side, multiples of 32; ``steps`` and ``guidance``.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-dev", "a red fox", steps=28, guidance=3.0)
+        ```
+    """
+
+    schema_name = "FluxDevInputs"
+
+    width: Flux1Side | None = None
+    height: Flux1Side | None = None
+    steps: Annotated[int, Field(ge=1, le=50)] | None = None
+    guidance: Annotated[float, Field(ge=1.5, le=5)] | None = None
+
+
+# --- FLUX.1 Fill / Expand: edit one given image --------------------------------------
+
+
+class _EditRequest(BaseRequest):
+    reference_fields: ClassVar[tuple[str, ...]] = ("image",)
+    image_fields: ClassVar[tuple[str, ...]] = reference_fields
+
+    image: ImageRef
+    prompt: str | None = None
+    steps: Annotated[int, Field(ge=15, le=50)] | None = None
+    guidance: Annotated[float, Field(ge=1.5, le=100)] | None = None
+    prompt_upsampling: bool | None = None
+    safety_tolerance: Annotated[int, Field(ge=0, le=6)] | None = None
+
+
+class FluxFillRequest(_EditRequest):
+    """``flux-pro-1.0-fill``: inpaint ``image`` where ``mask`` (or its alpha) is white.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request(
+            "flux-pro-1.0-fill", "a hat", image="https://a.example/i.png", mask="https://a.example/m.png"
+        )
+        ```
+    """
+
+    schema_name = "FluxProFillInputs"
+    image_fields = ("image", "mask")
+
+    mask: ImageRef | None = None
+
+
+_Margin = Annotated[int, Field(ge=0, le=2048)]
+
+
+class FluxExpandRequest(_EditRequest):
+    """``flux-pro-1.0-expand``: outpaint ``image`` by ``top``/``bottom``/``left``/``right`` px.
+
+    Build it with ``build_request`` (or construct it with ``model=``); every field is
+    checked against the model's rules and ``ValidationError`` lists each one broken.
+
+    Examples:
+        ```python
+        build_request("flux-pro-1.0-expand", image="https://example.com/a.png", top=256)
+        ```
+    """
+
+    schema_name = "FluxProExpandInputs"
+
+    top: _Margin | None = None
+    bottom: _Margin | None = None
+    left: _Margin | None = None
+    right: _Margin | None = None
+
+
+# --- entry points ---------------------------------------------------------------------
+
+
+def build_request(model: str, prompt: str | None = None, /, **fields: Any) -> BaseRequest:
+    """Return the checked request for ``model``; ``None`` values count as unset.
+
+    Raises :class:`~flux_async.ConfigurationError` for an unknown model and
+    :class:`~flux_async.ValidationError` listing every rule broken.
+
+    Args:
+        model: A model of the catalog (``flux_async.MODELS``).
+        prompt: The text prompt.
+        **fields: The model's request fields (``width``, ``seed``, ``input_image`` ...).
+
+    Returns:
+        An instance of the model's request class; ``to_body()`` is what is sent.
+
+    Raises:
+        ConfigurationError: ``model`` is not in the catalog (with a "did you mean").
+        ValidationError: A field breaks a rule; ``errors`` lists every ``(field, rule)``.
+
+    Examples:
+        ```python
+        request = build_request("flux-2-pro", "a red fox", width=1024, height=768)
+        request.to_body()  # {'prompt': 'a red fox', 'width': 1024, 'height': 768}
+        build_request("flux-2-pro", "a red fox", width=1000)
+        # ValidationError: width: must be a multiple of 16 for flux-2-pro (got 1000)
+        ```
+    """
+    from ._catalog import get_model  # here, not at the top: the catalog imports this module
+
+    spec = get_model(model)
+    for name in ("model", "prompt"):
+        if name in fields and (name == "model" or prompt is not None):
+            raise ValidationError(name, "given twice: positionally and as a keyword", model=model)
+    data = {name: value for name, value in fields.items() if value is not None}
+    if prompt is not None:
+        data["prompt"] = prompt
+    return spec.request_type(model=model, **data)
+
+
+def validate_request(request: BaseRequest) -> BaseRequest:
+    """Check a request built by hand against the catalog and every rule; return it re-validated.
+
+    Catches what construction cannot: an unknown ``model``, a model of another family,
+    or an instance made with ``model_construct`` that skipped validation.
+
+    Args:
+        request: A request instance, however it was made.
+
+    Returns:
+        The request, validated again.
+
+    Raises:
+        ConfigurationError: Its model is not in the catalog.
+        ValidationError: It breaks a rule, or its class is not the model's.
+
+    Examples:
+        ```python
+        request = Flux2Request(model="flux-2-pro", prompt="a red fox")
+        validate_request(request)
+        ```
+    """
+    from ._catalog import get_model  # here, not at the top: the catalog imports this module
+
+    spec = get_model(request.model)
+    if not isinstance(request, spec.request_type):
+        rule = f"{request.model} takes {spec.request_type.__name__}, not {type(request).__name__}"
+        raise ValidationError("model", rule, model=request.model)
+    return request.replace()

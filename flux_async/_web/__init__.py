@@ -1,0 +1,1 @@
+"""Web backends: BFL webhooks and their ASGI receiver, orphaned results, the event stream."""
