@@ -41,6 +41,7 @@ from ._errors import (
     ValidationError,
 )
 from ._fleet import Coordinator
+from ._request._build import build_request, validate_request
 from ._request._catalog import MODELS, ModelSpec, get_model
 from ._request._models import GeneratedImage, Outcome, PollReply, Task, TaskResult
 from ._request._requests import (
@@ -54,8 +55,6 @@ from ._request._requests import (
     FluxPro11Request,
     FluxUltraRequest,
     KontextRequest,
-    build_request,
-    validate_request,
 )
 from ._web._events import (
     CoordinatorChanged,

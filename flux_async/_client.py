@@ -43,10 +43,11 @@ from ._polling._regime import PollingMode, regime_policy
 from ._polling._window import AdaptiveWindow
 from ._providers import ApiKey, Provider, get_preset, resolve_api_key
 from ._providers._http import DEFAULT_MAX_REPLY_BYTES
+from ._request._build import build_request, validate_request
 from ._request._catalog import DEFAULT_ACTIVE_LIMIT
 from ._request._models import GeneratedImage, Outcome, Status, Task, TaskResult
 from ._request._references import ReferenceImage, reference_placeholders, resolve_references
-from ._request._requests import BaseRequest, build_request, validate_request
+from ._request._requests import BaseRequest
 from ._statistics import ClientStatistics
 from ._submission import Submitter
 from ._web._events import EventEmitter, EventHook

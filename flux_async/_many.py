@@ -25,9 +25,10 @@ import anyio.abc
 from ._core._guard import unexpected
 from ._engine._pipeline import Stages, Ticket
 from ._errors import FluxError, ValidationError
+from ._request._build import build_request, validate_request
 from ._request._models import GeneratedImage, Outcome
 from ._request._references import ReferenceImage, reference_placeholders
-from ._request._requests import BaseRequest, build_request, validate_request
+from ._request._requests import BaseRequest
 
 __all__ = ["GenerateOne", "Item", "run_many"]
 

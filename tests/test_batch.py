@@ -22,7 +22,7 @@ from flux_async._batching._batch import BatchChangedError, BatchInputError, run_
 from flux_async._batching._batch_progress import BatchProgress, _View, format_duration
 from flux_async._batching._batch_run import CostBook, estimate_cost
 from flux_async._batching._ledger import LEDGER_NAME
-from flux_async._request._requests import build_request
+from flux_async._request._build import build_request
 from flux_async.testing import (
     FAKE_API_KEY,
     KNOWN_MODELS,

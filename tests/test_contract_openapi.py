@@ -18,8 +18,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from flux_async._errors import ValidationError
+from flux_async._request._build import build_request
 from flux_async._request._catalog import MODELS, ModelSpec
-from flux_async._request._requests import build_request
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_PATH = ROOT / "flux_async" / "testing" / "bfl-openapi.json"

@@ -24,8 +24,8 @@ from flux_async import (
 from flux_async._core._clock import ManualClock
 from flux_async._errors import APIError
 from flux_async._providers import ApiKey, BFLProvider, get_preset, make_provider, resolve_api_key
+from flux_async._request._build import build_request
 from flux_async._request._models import Task
-from flux_async._request._requests import build_request
 
 pytestmark = pytest.mark.anyio
 

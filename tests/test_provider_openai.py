@@ -30,8 +30,8 @@ from flux_async import (
 from flux_async._core._clock import ManualClock
 from flux_async._engine._download import Downloader
 from flux_async._providers import ApiKey, OpenAIProvider, get_preset
+from flux_async._request._build import build_request
 from flux_async._request._models import Status, Task
-from flux_async._request._requests import build_request
 from flux_async.testing import FAKE_API_KEY, Simulator, SimulatorConfig
 from flux_async.testing._images import render
 

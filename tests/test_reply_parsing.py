@@ -33,8 +33,8 @@ from flux_async._engine._scheduler import Scheduler
 from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async._providers import ApiKey, BFLProvider, OpenAIProvider, get_preset
 from flux_async._providers._parse import checked_task_id, parse_poll, parse_submit
+from flux_async._request._build import build_request
 from flux_async._request._models import PollReply, Task
-from flux_async._request._requests import build_request
 
 pytestmark = pytest.mark.anyio
 

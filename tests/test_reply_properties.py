@@ -26,8 +26,8 @@ from flux_async._engine._scheduler import Scheduler
 from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async._providers import ApiKey, BFLProvider, OpenAIProvider, get_preset
 from flux_async._providers._parse import is_usable_url, parse_poll, parse_submit
+from flux_async._request._build import build_request
 from flux_async._request._models import PollReply, SubmitReply, Task
-from flux_async._request._requests import build_request
 
 KEY = "sim-fake-key-property-tests"
 BASE = "https://api.hostile.test"

@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from flux_async._errors import ConfigurationError, ValidationError
+from flux_async._request._build import build_request, validate_request
 from flux_async._request._request_rules import SEED_MAX, convert_errors, image_order_rules
 from flux_async._request._requests import (
     BaseRequest,
@@ -18,8 +19,6 @@ from flux_async._request._requests import (
     FluxFillRequest,
     FluxUltraRequest,
     KontextRequest,
-    build_request,
-    validate_request,
 )
 
 IMG = "https://img.example.com/ref.png"

@@ -21,8 +21,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from flux_async._errors import ValidationError
+from flux_async._request._build import build_request
 from flux_async._request._catalog import MODELS
-from flux_async._request._requests import build_request
 from flux_async.testing import FAKE_API_KEY, Simulator
 from flux_async.testing._schema import openapi_document, request_schema, validate
 from flux_async.testing._validation import DOCUMENTED_RULES, check

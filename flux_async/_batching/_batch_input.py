@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import anyio
 
-from .._request._requests import BaseRequest, build_request
+from .._request._build import build_request
+from .._request._requests import BaseRequest
 from ._batch_images import check_image_entries, image_entry_value
 from ._filenames import safe_name
 from ._ledger import Ledger

@@ -366,7 +366,7 @@ def reference_image_fields(model: str, images: Sequence[str]) -> dict[str, Any]:
 
 def _build_request(model: str, prompt: str | None, **fields: Any) -> object:
     # Imported on first use: the request module is heavier and validation is optional.
-    requests = importlib.import_module("flux_async._request._requests")
+    requests = importlib.import_module("flux_async._request._build")
     return requests.build_request(model, prompt, **fields)
 
 
