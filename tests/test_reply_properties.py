@@ -9,8 +9,10 @@ escaping), and the client must serve a normal task afterwards.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux_async import AsyncFlux, FluxError, ManualClock, ScaledClock, TaskResult
+from flux_async import AsyncFlux, FluxError, ManualClock, TaskResult
 from flux_async._engine._scheduler import Scheduler
 from flux_async._polling._policy import FixedIntervalPolicy
 from flux_async._providers import ApiKey, BFLProvider, OpenAIProvider, get_preset
 from flux_async._providers._parse import is_usable_url, parse_poll, parse_submit
 from flux_async._request._build import build_request
 from flux_async._request._models import PollReply, SubmitReply, Task
+
+from ._util import move_time
 
 KEY = "sim-fake-key-property-tests"
 BASE = "https://api.hostile.test"
@@ -283,17 +287,27 @@ def test_any_poll_reply_ends_one_task_and_the_client_serves_the_next(
     folder = tmp_path / f"run{abs(hash((content, tuple(extra.items()))))}"
 
     async def main() -> None:
-        async with AsyncFlux(
-            api_key=KEY,
-            base_url=BASE,
-            transport=httpx.MockTransport(api.handler),
-            clock=ScaledClock(100.0),  # 20 s of task timeout: 0.2 s real, ample margin
-            poll_policy=FixedIntervalPolicy(0.5),
-            task_timeout=20.0,
-        ) as flux:
+        # A manual clock moved only while everything waits on it: a reply that never ends
+        # ``t1`` times out after 20 simulated seconds, and no real slowness of the machine
+        # can make the second task's own 20 s run out (it was flaky on a scaled clock).
+        clock = ManualClock()
+        moved = anyio.Event()
+        async with (
+            AsyncFlux(
+                api_key=KEY,
+                base_url=BASE,
+                transport=httpx.MockTransport(api.handler),
+                clock=clock,
+                poll_policy=FixedIntervalPolicy(0.5),
+                task_timeout=20.0,
+            ) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(functools.partial(move_time, clock, moved, below=math.inf))
             with contextlib.suppress(FluxError):
                 await flux.generate("first", output_dir=folder / "first")
             image = await flux.generate("second", output_dir=folder / "second")
+            moved.set()
             assert image.path.read_bytes() == PNG
             stats = flux.statistics()
             assert stats.limiter.in_flight == 0
