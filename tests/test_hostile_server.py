@@ -6,8 +6,10 @@ it behaves unless a test scripts a misbehaviour for the next request to a route.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -279,3 +281,18 @@ async def test_f8_httpx_info_logs_never_show_a_signed_url(
     assert any("/delivery/h1.png?<redacted>" in line for line in httpx_lines)
     assert "HOSTILESIG" not in caplog.text
     assert "se=" not in caplog.text
+
+
+async def test_the_documented_example_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = inspect.getdoc(HostileServer) or ""
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(f"async def example():\n{textwrap.indent(code, '    ')}", namespace)  # noqa: S102
+    monkeypatch.chdir(tmp_path)
+    example = namespace["example"]
+    assert callable(example)
+    await example()
+    assert capsys.readouterr().out.startswith("refused: result URL expired")
+    assert files(tmp_path / "out") == []  # an HTML page never becomes a file

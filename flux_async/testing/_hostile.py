@@ -184,7 +184,35 @@ class HostileConfig:
 
 @dataclass(eq=False)
 class HostileServer:
-    """The misbehaving server: see the module docstring."""
+    """A loopback server that answers like a broken or hostile relay, on your script.
+
+    It behaves until told otherwise (submit creates ``h1``, ``h2``...; a poll says Ready;
+    the delivery serves a small PNG). :meth:`script` queues the next answers of one route
+    (``"submit"``, ``"poll"``, ``"relay"``, ``"credits"``, ``"delivery"``);
+    :attr:`requests` records every request and which credential headers it carried,
+    never their values.
+
+    Examples:
+        A delivery that answers 200 with an HTML error page is not an image: the client
+        re-polls once for a fresh URL, then fails that task alone.
+
+        ```python
+        from flux_async import AsyncFlux, ResultExpiredError
+        from flux_async.testing import HostileReply, HostileServer, serve
+
+        server = HostileServer()
+        server.script("delivery", HostileReply.access_denied_page(), times=2)
+        async with serve(server):
+            async with AsyncFlux(
+                api_key="sim-not-a-real-key", base_url=server.config.api_base
+            ) as flux:
+                try:
+                    await flux.generate("a fox", output_dir="out")
+                except ResultExpiredError as exc:
+                    print("refused:", exc)
+        assert len(server.seen("poll")) == 2  # the first Ready, then one re-poll
+        ```
+    """
 
     config: HostileConfig = field(default_factory=HostileConfig)
     requests: list[HostileRequest] = field(default_factory=list)
