@@ -59,7 +59,6 @@ OVER_LIMIT = {
     "_batching/_prompts.py",
     "_engine/_download.py",
     "_engine/_scheduler.py",
-    "_request/_requests.py",
     "testing/_app.py",
 }
 
