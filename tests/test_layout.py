@@ -55,7 +55,6 @@ OVER_LIMIT = {
     "_client.py",
     "_batching/_batch.py",
     "_batching/_batch_run.py",
-    "_batching/_ledger.py",
     "_engine/_download.py",
     "_engine/_scheduler.py",
     "testing/_app.py",
