@@ -29,8 +29,9 @@ from .._client import AsyncFlux
 from .._core._paths import prepare_folder
 from .._request._catalog import DEFAULT_ACTIVE_LIMIT
 from ._batch_progress import BatchProgress
-from ._batch_run import BatchRunner, CostBook
+from ._batch_run import BatchRunner
 from ._batch_setup import BatchChangedError, BatchInputError, prepare_ledger, reset_for_retry
+from ._costs import CostBook
 from ._ledger import ItemState, Ledger
 from ._prompts import SUPPORTED_SUFFIXES
 from ._report import CONTACT_SHEET_NAME, RESULTS_NAME, write_contact_sheet, write_results_jsonl
