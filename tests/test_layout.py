@@ -55,7 +55,6 @@ TESTING = {
 # Modules still over MAX_LINES: each one is a split still to make (issue 12). The list may
 # only shrink; a module that grows past the limit and is not here fails the test.
 OVER_LIMIT = {
-    "_client.py",
     "_engine/_download.py",
     "_engine/_scheduler.py",
 }

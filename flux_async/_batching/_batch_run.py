@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 
 from .._client import AsyncFlux
+from .._client_tasks import forget_finished
 from .._core._clock import Clock
 from .._engine._download import extension_for, result_deadline
 from .._errors import (
@@ -271,21 +272,15 @@ class BatchRunner:
             self._progress.generating -= 1
         if outcome is None:
             return None  # interrupted: the task id stays recorded for a later run
-        self._forget(task.id)
+        # AsyncFlux.wait keeps every finished task's entry; at 100 000 items that is memory
+        # and O(n) statistics. generate() forgets its tasks the same way.
+        forget_finished(self._flux, task.id)
         if resumed and await self._recover(item, outcome):
             return None
         if isinstance(outcome, FluxError):
             await self._fail(item, outcome, billed=not isinstance(outcome, ModerationError))
             return None
         return outcome
-
-    def _forget(self, task_id: str) -> None:
-        # AsyncFlux.wait keeps every finished task's entry in its scheduler; at 100 000
-        # items that is memory and O(n) statistics. generate() forgets its tasks the same way.
-        scheduler = getattr(self._flux, "_scheduler", None)
-        forget = getattr(scheduler, "forget", None)
-        if forget is not None:
-            forget(task_id)
 
     async def _recover(self, item: LedgerItem, outcome: TaskResult | FluxError) -> bool:
         """Take an image an earlier run saved but did not get to record; True if found."""
