@@ -41,6 +41,8 @@ logger = logging.getLogger("flux_async")
 
 
 class ClientState(enum.Enum):
+    """Where a client is in its life: it is opened once and closed once."""
+
     UNOPENED = "unopened"
     OPENED = "opened"
     CLOSED = "closed"
