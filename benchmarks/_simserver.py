@@ -30,6 +30,7 @@ import anyio.to_thread
 from _clock import SharedClock
 
 from flux_async.testing import Simulator, SimulatorConfig, _server, serve
+from flux_async.testing._account import SimAccount
 
 _linked_protocol = _server._linked_protocol
 
@@ -57,6 +58,20 @@ def _no_delay_protocol() -> type[asyncio.Protocol]:
 _server._linked_protocol = _no_delay_protocol
 
 
+class BenchAccount(SimAccount):
+    """The simulated account, where a plan may be kept for the submits of one model."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.model_plans: dict[str, collections.deque[Any]] = {}
+
+    def create(self, request: Any, model: str, body: Any) -> Any:
+        if self.model_plans:
+            # The parent reads and pops ``_plans[0]``: point it at this model's queue.
+            self._plans = self.model_plans.setdefault(model, collections.deque())
+        return super().create(request, model, body)
+
+
 class BenchSimulator(Simulator):
     """The simulator with one extra route, ``GET /bench/stats``."""
 
@@ -64,21 +79,17 @@ class BenchSimulator(Simulator):
         self, config: SimulatorConfig, *, clock: SharedClock, delivery_mb_s: float = 0.0
     ) -> None:
         super().__init__(config, clock=clock)
+        self._account = self._bench = BenchAccount(self.config, self.clock, self.records)
+        self.webhooks = self._account.webhooks
         self.delivery_started: dict[str, float] = {}  # task id -> first request for its image
-        self.model_plans: dict[str, collections.deque[Any]] = {}
         self._byte_time = 1.0 / (delivery_mb_s * 1e6) if delivery_mb_s > 0 else 0.0
         self._link_free_at = 0.0  # clock second the shared link has sent its queue
 
     def plan_for(self, model: str, **plan: Any) -> None:
         """Script the next submit of ``model`` (its own first-in-first-out queue)."""
         self.plan_next(**plan)
-        self.model_plans.setdefault(model, collections.deque()).append(self._plans.pop())
-
-    def _create(self, request: Any, model: str, body: Any) -> Any:
-        if self.model_plans:
-            # The parent reads and pops ``_plans[0]``: point it at this model's queue.
-            self._plans = self.model_plans.setdefault(model, collections.deque())
-        return super()._create(request, model, body)
+        queue = self._bench.model_plans.setdefault(model, collections.deque())
+        queue.append(self._bench._plans.pop())
 
     async def _paced(self, send: Any, message: Any) -> None:
         """Send one message; an image body's bytes wait their turn on the shared link."""
@@ -120,7 +131,7 @@ class BenchSimulator(Simulator):
                 "duration": t.duration,
                 "model": t.model,
             }
-            for task_id, t in self._state.tasks.items()
+            for task_id, t in self._bench.state.tasks.items()
         }
         return {
             "rejected_429": self.records.rejected_429,
@@ -128,7 +139,7 @@ class BenchSimulator(Simulator):
             "polls_by_task": dict(self.records.polls_by_task),
             "tasks": tasks,
             "delivery_started": self.delivery_started,
-            "prompts": {task_id: t.prompt for task_id, t in self._state.tasks.items()},
+            "prompts": {task_id: t.prompt for task_id, t in self._bench.state.tasks.items()},
         }
 
 

@@ -9,16 +9,10 @@ running and no connection open.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    Callable,
     Iterable,
-    Iterator,
     Mapping,
-    Sequence,
 )
 from pathlib import Path
 from types import TracebackType
@@ -28,26 +22,23 @@ import anyio
 import anyio.abc
 import httpx
 
+from ._client_generate import GenerateMethods
+from ._client_tasks import ClientState
 from ._core._bounded import DEFAULT_MAX_IMAGE_BYTES
 from ._core._clock import Clock, SystemClock
-from ._core._paths import WritableFolders, check_file_name, task_stem
-from ._engine._download import Downloader, SavedFile, result_deadline
-from ._engine._limits import ActiveTaskLimiter, Slot
+from ._core._paths import WritableFolders
+from ._engine._download import Downloader
+from ._engine._limits import ActiveTaskLimiter
 from ._engine._scheduler import Scheduler
-from ._errors import ClientClosedError, ConfigurationError, DownloadError, FluxError
-from ._fleet import Coordinator, Fleet, TaskRecord, adoption_target
-from ._many import Item, run_many
+from ._errors import ClientClosedError, ConfigurationError
+from ._fleet import Coordinator, Fleet
 from ._polling._hybrid import HybridPolicy
 from ._polling._policy import PollPolicy
 from ._polling._regime import PollingMode, regime_policy
 from ._polling._window import AdaptiveWindow
 from ._providers import ApiKey, Provider, get_preset, resolve_api_key
 from ._providers._http import DEFAULT_MAX_REPLY_BYTES
-from ._request._build import build_request, validate_request
 from ._request._catalog import DEFAULT_ACTIVE_LIMIT
-from ._request._models import GeneratedImage, Outcome, Status, Task, TaskResult
-from ._request._references import ReferenceImage, reference_placeholders, resolve_references
-from ._request._requests import BaseRequest
 from ._statistics import ClientStatistics
 from ._submission import Submitter
 from ._web._events import EventEmitter, EventHook
@@ -63,13 +54,7 @@ __all__ = ["AsyncFlux", "ClientStatistics"]
 logger = logging.getLogger("flux_async")
 
 
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class AsyncFlux:
+class AsyncFlux(GenerateMethods):
     """An asyncio client for FLUX image generation.
 
     Use it as ``async with AsyncFlux() as flux:``. ``api_key`` defaults to the provider's
@@ -223,7 +208,7 @@ class AsyncFlux:
         self._drain_timeout = drain_timeout
         self._closing = False
         self._max_polls = max_concurrent_polls
-        self._state = _State.UNOPENED
+        self._state = ClientState.UNOPENED
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._provider: Provider | None = None
@@ -253,7 +238,7 @@ class AsyncFlux:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
+        if self._state is not ClientState.UNOPENED:
             raise ClientClosedError(
                 f"an AsyncFlux client can be opened once (it is {self._state.value})"
             )
@@ -298,7 +283,7 @@ class AsyncFlux:
             await stack.aclose()
             raise
         self._stack = stack
-        self._state = _State.OPENED
+        self._state = ClientState.OPENED
         return self
 
     async def __aexit__(
@@ -320,8 +305,8 @@ class AsyncFlux:
         """
         if self._closing:
             return  # another aclose() is draining, or the client is closed
-        if self._state is not _State.OPENED:
-            self._state = _State.CLOSED
+        if self._state is not ClientState.OPENED:
+            self._state = ClientState.CLOSED
             return
         self._closing = True
         seconds = self._drain_timeout if drain is None else drain
@@ -334,403 +319,17 @@ class AsyncFlux:
                 if not idle:
                     logger.warning("paid work still in progress after draining %.1f s", seconds)
         finally:
-            self._state = _State.CLOSED
+            self._state = ClientState.CLOSED
             self._webhooks.unbind()
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
             if self._stack is not None:
                 await self._stack.aclose()
 
-    def _forget(self, task_id: str) -> None:
-        """A task's caller is done with it (image saved, or it failed): forget it."""
-        if self._scheduler is not None:
-            self._scheduler.forget(task_id)
-        if self._fleet is not None:
-            self._fleet.unregister(task_id)
-
-    def _adopt(self, record: TaskRecord, slot: Slot) -> None:
-        """See a task of a dead fleet process to its end and save its image."""
-        if self._tg is not None:
-            self._tg.start_soon(self._keep_adopted, record, slot)
-
-    async def _keep_adopted(self, record: TaskRecord, slot: Slot) -> None:
-        _, scheduler, _ = self._require_open()
-        task = record.task(self._clock)
-        dest, exact = await adoption_target(record, self._orphans.orphan_dir)
-        self._work.enter()
-        self._track(scheduler, task, slot, submitted=False, dest=dest)
-        self._orphans.adopt(task, dest, None, exact=exact)
-
     def _check_accepting(self) -> None:
         """Refuse a submission once the client is closing (called before anything is paid)."""
         if self._closing:
             raise ClientClosedError("the client is closing; this request was not submitted")
-
-    def _abandon(self) -> None:
-        lost = self._orphans.lost()
-        if lost:
-            logger.warning("client closed before saving orphaned task(s) %s", ", ".join(lost))
-        if self._scheduler is None:
-            return
-        pending = self._scheduler.statistics().pending
-        if pending:
-            logger.warning("client closed with %d task(s) still pending on the server", pending)
-        self._scheduler.abandon_all(ClientClosedError("the client was closed"))
-
-    def _require_open(self) -> tuple[Provider, Scheduler, Downloader]:
-        if self._state is not _State.OPENED:
-            raise ClientClosedError(
-                f"the client is {self._state.value}; use it inside `async with AsyncFlux()`"
-            )
-        if self._provider is None or self._scheduler is None or self._downloader is None:
-            raise ClientClosedError("the client is not fully open")
-        return self._provider, self._scheduler, self._downloader
-
-    # -- one image ----------------------------------------------------------------------
-
-    def build_request(self, prompt: str | None = None, *, model: str, **fields: Any) -> BaseRequest:
-        """Validate ``fields`` against ``model``'s rules; raise ValidationError naming the field."""
-        return build_request(model, prompt, **fields)
-
-    async def submit(
-        self,
-        request: BaseRequest | None = None,
-        /,
-        *,
-        images: Sequence[ReferenceImage] | None = None,
-        **fields: Any,
-    ) -> Task:
-        """Submit one request under the active-task limit and start polling it.
-
-        Pass a request model, or fields (``prompt=``, ``model=``, ...). The task's slot is
-        held until the scheduler sees a terminal status. ``images`` (URLs, paths, bytes or
-        data: URLs) fill the model's reference fields, replacing any the request has;
-        files are read only now, just before sending.
-
-        Args:
-            request: A request built with ``build_request`` (or None, and fields).
-            images: Reference images, in order.
-            **fields: ``prompt=``, ``model=`` and request fields, when no request is given.
-
-        Returns:
-            The created task; pass it to ``wait``.
-
-        Raises:
-            ValidationError: The request breaks its model's rules (nothing was sent).
-            APIError: The server refused the submit.
-            AmbiguousSubmitError: The submit may have created (and billed) a task whose
-                id never came back; it is not sent again unless ``retry_ambiguous``.
-
-        Examples:
-            ```python
-            task = await flux.submit(prompt="a red fox", model="flux-2-pro")
-            result = await flux.wait(task)
-            path = await flux.save(result, "out")
-            ```
-        """
-        if request is not None:
-            req = validate_request(request)
-        else:
-            model = fields.pop("model", "flux-2-pro")
-            fields.update(reference_placeholders(images, model=model, fields=fields))
-            req = build_request(model, fields.pop("prompt", None), **fields)
-        return await self._submit(req, images)
-
-    async def _submit(
-        self,
-        req: BaseRequest,
-        images: Sequence[ReferenceImage] | None = None,
-        output: tuple[Path, str | None] | None = None,
-    ) -> Task:
-        provider, scheduler, _ = self._require_open()
-        if images:
-            req = await self._with_references(req, images)
-        req = self._webhooks.prepare(req)
-        task, slot = await self._submitter.submit(provider, req)
-        dest = output[0] / (output[1] or task.id) if output is not None else None
-        self._track(scheduler, task, slot, dest=dest)
-        if self._fleet is not None:
-            await self._fleet.registered(task.id)
-        return task
-
-    async def _with_references(
-        self, req: BaseRequest, images: Sequence[ReferenceImage]
-    ) -> BaseRequest:
-        """Return ``req`` with its reference fields filled from ``images``, as the wire needs."""
-        resolved = await resolve_references(images, model=req.model, dialect=self._preset.dialect)
-        changes: dict[str, Any] = dict.fromkeys(type(req).reference_fields)
-        changes.update(resolved)
-        return req.replace(**changes)
-
-    def _track(
-        self,
-        scheduler: Scheduler,
-        task: Task,
-        slot: Slot,
-        *,
-        submitted: bool = True,
-        dest: Path | None = None,
-    ) -> None:
-        # Only tasks submitted here carry this client's webhook; resumed ones are polled.
-        key = self._webhooks.watch(task) if submitted else None
-        self._events.submitted(task, webhook=key is not None)
-        fleet = self._fleet
-        if fleet is not None:
-            # Recorded until its image is saved (with a destination) or until it ends.
-            fleet.register(task, slot, dest)
-
-        def ended(outcome: TaskResult | FluxError) -> None:
-            slot.release()
-            if fleet is not None and dest is None:
-                fleet.unregister(task.id)
-            self._webhooks.unwatch(task.id)
-            self._work.notify()
-            self._events.ended(task, outcome)
-
-        scheduler.add(task, on_terminal=ended, key=key)
-
-    async def wait(self, task: Task) -> TaskResult:
-        """Wait until the shared scheduler sees ``task`` end; return its result or raise.
-
-        A task this client did not submit (one recorded by an earlier run) is polled by its
-        recorded ``polling_url`` and counted against the active-task limit until it ends.
-
-        Args:
-            task: A task from ``submit`` (or one recorded earlier).
-
-        Returns:
-            The result, with the signed URL of the image (valid for minutes: save it soon).
-
-        Raises:
-            TaskError: The task ended without an image (``ModerationError``,
-                ``GenerationError``, ``TaskNotFoundError``, ``TaskTimeoutError`` ...).
-        """
-        _, scheduler, _ = self._require_open()
-        if not scheduler.is_registered(task.id):
-            self._track(scheduler, task, self._limiter.occupy(task.model), submitted=False)
-        return await scheduler.wait(task)
-
-    async def save(self, result: TaskResult, path: str | Path) -> Path:
-        """Stream ``result``'s image to ``path`` (a file, or an existing folder) and return it.
-
-        The extension comes from the output format or the content type when ``path`` has
-        none. Bytes go to a temp file renamed into place only when complete. Into a
-        folder, the name is the task id made safe (``_paths.task_stem``) and an existing
-        file is never replaced (``NAME-1.jpeg``, ... instead); a file path the caller
-        names is replaced if it exists.
-
-        Args:
-            result: A result from ``wait``.
-            path: A file path, or an existing folder (the file is named by the task id).
-
-        Returns:
-            The path of the saved file.
-
-        Raises:
-            ResultExpiredError: The signed URL expired before the download.
-            IncompleteDownloadError: The download ended early (no partial file is left).
-            StorageError: The local disk refused the file (full, read-only, I/O error);
-                the task is still ready, so saving again needs no new submit.
-        """
-        return (await self._save_file(result, path, overwrite=True)).path
-
-    async def _save_new(self, result: TaskResult, path: str | Path) -> Path:
-        """Save as :meth:`save` does, but never replace an existing file."""
-        return (await self._save_file(result, path, overwrite=False)).path
-
-    async def _save_file(
-        self, result: TaskResult, path: str | Path, *, overwrite: bool
-    ) -> SavedFile:
-        """Save as :meth:`save` does; return the size and SHA-256 hashed while streaming."""
-        _, _, downloader = self._require_open()
-        dest = Path(path)
-        if await anyio.Path(dest).is_dir():
-            # The id is the server's string: never a path, only a sanitised name.
-            dest, overwrite = dest / task_stem(result.task.id), False
-        deadline = result_deadline(
-            result.sample_url, end_time=result.end_time, now=self._clock.time()
-        )
-        try:
-            saved = await downloader.download(
-                result.sample_url,
-                dest,
-                deadline=deadline,
-                task_id=result.task.id,
-                refresh=lambda: self._fresh_url(result),
-                output_format=result.task.output_format,
-                overwrite=overwrite,
-            )
-        except DownloadError as exc:
-            self._events.failed(exc, result.task)
-            raise
-        orphan = self._orphans.is_adopted(result.task.id)
-        self._events.saved(result.task, saved.path, saved.size, orphan=orphan)
-        return saved
-
-    async def _fresh_url(self, result: TaskResult) -> str | None:
-        provider, _, _ = self._require_open()
-        reply = await provider.poll(result.task)
-        sample = reply.sample() if reply.status == Status.READY else None
-        # The same URL again is still worth one more try: the 403 may have been transient.
-        return sample.sample if sample is not None and sample.sample else None
-
-    async def generate(
-        self,
-        prompt: str | None = None,
-        *,
-        model: str = "flux-2-pro",
-        output_dir: str | Path = ".",
-        filename: str | None = None,
-        images: Sequence[ReferenceImage] | None = None,
-        **fields: Any,
-    ) -> GeneratedImage:
-        """Generate one image and save it under ``output_dir``; return where it is.
-
-        ``images`` are reference images for editing: URLs, local paths, bytes or data:
-        URLs, in the order of the model's ``input_image`` fields. ``filename`` must be a
-        plain file name (no separator, ``..``, absolute path or control character: a
-        ValidationError before anything is sent); without it the name is the task id
-        made safe. An existing file is never replaced: ``NAME-1.jpeg``, ``NAME-2.jpeg``,
-        ... is used instead (``img.path`` says which). ``output_dir`` is created and
-        write-tested before the submit (ConfigurationError if it cannot be written).
-
-        Args:
-            prompt: The text prompt (optional only where the model allows it).
-            model: A model of the catalog (``flux_async.MODELS``).
-            output_dir: The folder the image is saved in (created if missing).
-            filename: The file name without extension (default: the task id).
-            images: Reference images, in order.
-            **fields: Any other request field of the model (``width``, ``seed`` ...).
-
-        Returns:
-            Where the image was saved, with its task id, seed and cost.
-
-        Raises:
-            ConfigurationError: An unknown model; the client is set up wrongly.
-            ValidationError: A field breaks the model's rules (nothing was sent).
-            APIError: The server refused the submit (``AuthenticationError``,
-                ``InsufficientCreditsError``, ``RateLimitError`` ...).
-            TaskError: The task ended without an image (``ModerationError``,
-                ``GenerationError``, ``TaskTimeoutError`` ...).
-            DownloadError: The image could not be saved.
-
-        Examples:
-            ```python
-            async with AsyncFlux() as flux:  # the key comes from BFL_API_KEY
-                image = await flux.generate("a red fox", width=1024, height=768, seed=7)
-                print(image.path, image.task_id, image.cost)
-            ```
-        """
-        if filename is not None:
-            check_file_name(filename, field="filename")
-        fields.update(reference_placeholders(images, model=model, fields=fields))
-        request = build_request(model, prompt, **fields)
-        folder = await self._folders.prepare(output_dir)
-        return await self._generate(request, folder, filename, images)
-
-    async def _generate(
-        self,
-        request: BaseRequest,
-        output_dir: Path,
-        stem: str | None,
-        images: Sequence[ReferenceImage] | None = None,
-        on_ready: Callable[[], None] | None = None,
-    ) -> GeneratedImage:
-        task = await self._submit(request, images, (output_dir, stem))
-        dest = output_dir / (stem or task_stem(task.id))
-        # Paid from here on: if this caller is cancelled, the orphan keeper takes over.
-        with self._orphans.guard(task, dest) as guard:
-            result = guard.result = await self.wait(task)
-            if on_ready is not None:
-                on_ready()  # generate_many: the next item may submit during this download
-            saved = await self._save_file(result, dest, overwrite=False)
-        return GeneratedImage(
-            path=saved.path,
-            task_id=task.id,
-            model=task.model,
-            prompt=task.prompt,
-            seed=result.seed,
-            cost=task.cost,
-            size=saved.size,
-            prompt_used=result.prompt,
-        )
-
-    @contextlib.contextmanager
-    def _waiting_for_slot(self) -> Iterator[None]:
-        """Count the caller as a submission waiting for a slot while inside the block.
-
-        For callers that queue before :meth:`submit` (``flux-async batch`` does): the
-        polling regime (``polling="auto"``) then knows a backlog waits, as it knows of
-        the limiter's own waiters.
-        """
-        self._held_back += 1
-        try:
-            yield
-        finally:
-            self._held_back -= 1
-
-    # -- many images --------------------------------------------------------------------
-
-    async def generate_many(
-        self,
-        items: Iterable[Item] | AsyncIterable[Item],
-        *,
-        model: str = "flux-2-pro",
-        output_dir: str | Path = ".",
-        concurrency: int | None = None,
-        **defaults: Any,
-    ) -> AsyncGenerator[Outcome, None]:
-        """Yield an :class:`Outcome` per item as each finishes; never raise for one item.
-
-        Items are prompts, mappings of request fields (``prompt``, ``model``, ...), or
-        request models. ``defaults`` apply to every item; an item's own fields win.
-        At most ``concurrency`` items are being submitted or generated (default: twice
-        the active limit); an item whose task is Ready makes room for the next while its
-        image downloads, and at most ``concurrency`` more wait for or run their download.
-        Item ``i`` is saved as ``{i:05d}.<ext>``, or ``{i:05d}-1.<ext>``, ... when that
-        name is taken: an existing file is never replaced. A malformed item (wrong type,
-        unknown field, a rule broken) is that item's failed outcome (ValidationError).
-        ``output_dir`` is created and write-tested before the first submit
-        (ConfigurationError, raised by the first iteration, if it cannot be written).
-
-        Args:
-            items: Prompts, mappings of request fields, or request models; an async
-                iterable is read as items are needed.
-            model: The model of items that do not name one.
-            output_dir: The folder every image is saved in.
-            concurrency: Items in progress at once.
-            **defaults: Request fields applied to every item.
-
-        Yields:
-            One ``Outcome`` per item, in finishing order: ``index``, ``ok``, ``path``,
-            ``error`` (the exception an item's failure would have raised).
-
-        Raises:
-            ClientClosedError: The client is not open.
-
-        Examples:
-            ```python
-            async for outcome in flux.generate_many(["a cat", "a dog"], output_dir="out"):
-                print(outcome.index, outcome.ok, outcome.path, outcome.error)
-            ```
-        """
-        self._require_open()
-        if self._tg is None:
-            raise ClientClosedError("the client is not fully open")
-        folder = await self._folders.prepare(output_dir)
-        limit = concurrency or 2 * self._limiter.limit
-        send, receive = anyio.create_memory_object_stream[Outcome](limit)
-        scope = anyio.CancelScope()
-        self._tg.start_soon(
-            run_many, self._generate, items, send, scope, limit, model, folder, defaults
-        )
-        try:
-            async with receive:
-                async for outcome in receive:
-                    yield outcome
-        finally:
-            # The consumer stopped early: stop feeding; submitted tasks keep their slots.
-            scope.cancel()
 
     async def credits(self) -> float:
         """Return the account's credit balance (1 credit = US$0.01).

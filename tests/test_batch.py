@@ -17,10 +17,10 @@ import pytest
 from rich.console import Console
 
 from flux_async import AsyncFlux
-from flux_async._batching import _batch as batch_module
+from flux_async._batching import _batch_setup as batch_module
 from flux_async._batching._batch import BatchChangedError, BatchInputError, run_batch
 from flux_async._batching._batch_progress import BatchProgress, _View, format_duration
-from flux_async._batching._batch_run import CostBook, estimate_cost
+from flux_async._batching._costs import CostBook, estimate_cost
 from flux_async._batching._ledger import LEDGER_NAME
 from flux_async._request._build import build_request
 from flux_async.testing import (

@@ -9,16 +9,18 @@ from typing import Any
 
 import pytest
 
+from flux_async._batching._item_fields import (
+    input_fingerprint,
+    merged_fields,
+    reference_image_fields,
+    validate_item,
+)
 from flux_async._batching._prompts import (
     InputProblem,
     PromptItem,
     aiter_prompt_file,
-    input_fingerprint,
     iter_prompt_file,
-    merged_fields,
     output_stem,
-    reference_image_fields,
-    validate_item,
 )
 from flux_async._errors import ConfigurationError, ValidationError
 

@@ -23,16 +23,9 @@ from .._request._build import build_request
 from .._request._requests import BaseRequest
 from ._batch_images import check_image_entries, image_entry_value
 from ._filenames import safe_name
+from ._item_fields import input_fingerprint, merged_fields, reference_image_fields, validate_item
 from ._ledger import Ledger
-from ._prompts import (
-    InputProblem,
-    PromptItem,
-    input_fingerprint,
-    iter_prompt_file,
-    merged_fields,
-    reference_image_fields,
-    validate_item,
-)
+from ._prompts import InputProblem, PromptItem, iter_prompt_file
 
 __all__ = [
     "MAX_PROBLEMS_SHOWN",

@@ -1,8 +1,10 @@
 """The batch runner: every item's path from submit to a saved file, under a cost budget.
 
-One feeder streams jobs (tasks an earlier run recorded first, then the pending items in
-index order) to ``concurrency`` workers through an unbuffered stream, so memory does not
-grow with the batch. Each ledger write comes at the moment the protocol needs it::
+One feeder (``_batch_feed``) streams jobs (tasks an earlier run recorded first, then the
+pending items in index order) to ``concurrency`` workers through an unbuffered stream, so
+memory does not grow with the batch; the budget is a ``_costs.CostBook``, the files'
+names come from ``_outputs``. Each ledger write comes at the moment the protocol needs
+it::
 
     mark_submitting → submit → mark_submitted → wait → mark_ready → save → mark_saved
 
@@ -14,12 +16,7 @@ waited for a free slot.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
-import re
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import anyio
 import anyio.abc
 
 from .._client import AsyncFlux
+from .._client_tasks import forget_finished
 from .._core._clock import Clock
 from .._engine._download import extension_for, result_deadline
 from .._errors import (
@@ -40,91 +38,13 @@ from .._request._catalog import DEFAULT_ACTIVE_LIMIT, MODELS
 from .._request._data_urls import is_data_url, shown_data_url
 from .._request._models import Task, TaskResult
 from .._request._requests import BaseRequest
-from ._batch_input import ScannedReader, item_request
+from ._batch_feed import Job, JobFeed
 from ._batch_progress import BatchProgress
-from ._filenames import output_stem
+from ._costs import CostBook
 from ._ledger import ItemState, Ledger, LedgerFullError, LedgerItem
+from ._outputs import existing_output, item_stem, sha256_file
 
-__all__ = ["COST_ESTIMATES", "BatchRunner", "CostBook", "estimate_cost"]
-
-#: Credits (1 credit = US$0.01) assumed for a submit before the server has priced one of
-#: that model in this run: (first megapixel, each further started megapixel, each
-#: reference image). Rounded up from BFL's price list; the server's ``cost`` replaces
-#: them as soon as it is seen.
-COST_ESTIMATES: Mapping[str, tuple[float, float, float]] = {
-    "flux-2-pro": (3.0, 1.5, 1.5),
-    "flux-2-pro-preview": (3.0, 1.5, 1.5),
-    "flux-2-max": (7.0, 3.0, 3.0),
-    "flux-2-flex": (6.0, 6.0, 6.0),
-    "flux-2-klein-4b": (1.5, 1.0, 1.0),
-    "flux-2-klein-9b": (2.0, 1.5, 1.5),
-    "flux-2-klein-9b-preview": (2.0, 1.5, 1.5),
-    "flux-kontext-pro": (4.0, 0.0, 0.0),
-    "flux-kontext-max": (8.0, 0.0, 0.0),
-    "flux-pro-1.1": (4.0, 0.0, 0.0),
-    "flux-pro-1.1-ultra": (6.0, 0.0, 0.0),
-    "flux-dev": (2.5, 0.0, 0.0),
-    "flux-pro-1.0-fill": (5.0, 0.0, 0.0),
-    "flux-pro-1.0-expand": (5.0, 0.0, 0.0),
-}
-_UNKNOWN_MODEL_ESTIMATE = 10.0
-_AUTO_STEM = re.compile(r"(\d+)(?:-.*)?")
-_MAX_BACKDATE = 60.0
-
-
-def estimate_cost(request: BaseRequest) -> float:
-    """Return the credits ``request`` is assumed to cost from :data:`COST_ESTIMATES`."""
-    rates = COST_ESTIMATES.get(request.model)
-    if rates is None:
-        return _UNKNOWN_MODEL_ESTIMATE
-    first, further, per_image = rates
-    width = getattr(request, "width", None) or 1024
-    height = getattr(request, "height", None) or 1024
-    megapixels = max(1, math.ceil(width * height / (1024 * 1024)))
-    images = sum(1 for name in request.reference_fields if getattr(request, name, None))
-    return first + further * (megapixels - 1) + per_image * images
-
-
-class CostBook:
-    """Credits spent and reserved against an optional budget (``limit``, in credits).
-
-    A submit reserves its estimate (the highest cost seen for its model so far, else
-    :func:`estimate_cost`) and is refused when ``spent + reserved + estimate`` would
-    exceed the limit; the server's ``cost`` then replaces the estimate.
-    """
-
-    def __init__(self, limit: float | None, spent: float) -> None:
-        self.limit = limit
-        self.spent = spent
-        self.reserved = 0.0
-        self._seen: dict[str, float] = {}
-
-    def estimate(self, request: BaseRequest) -> float:
-        """Return what ``request`` is expected to cost, in credits."""
-        seen = self._seen.get(request.model)
-        return seen if seen is not None else estimate_cost(request)
-
-    def reserve(self, amount: float) -> bool:
-        """Reserve ``amount`` credits; False (nothing reserved) when the limit forbids it."""
-        if self.limit is not None and self.spent + self.reserved + amount > self.limit + 1e-9:
-            return False
-        self.reserved += amount
-        return True
-
-    def settle(self, model: str, reserved: float, cost: float | None, *, billed: bool) -> None:
-        """Replace a reservation with what was billed (``cost``, else the reservation)."""
-        self.reserved = max(self.reserved - reserved, 0.0)
-        if billed:
-            self.spent += cost if cost is not None else reserved
-        if cost is not None:
-            self._seen[model] = max(cost, self._seen.get(model, 0.0))
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    item: LedgerItem
-    request: BaseRequest | None = None  # None: a task an earlier run recorded
-    task: Task | None = None
+__all__ = ["BatchRunner"]
 
 
 class BatchRunner:
@@ -146,12 +66,8 @@ class BatchRunner:
         allow_any_image_path: bool = False,
     ) -> None:
         self._flux = flux
-        self._allow_any_image_path = allow_any_image_path
         self._ledger = ledger
-        self._prompts = prompts
         self._out = out
-        self._model = model
-        self._defaults = defaults
         self._concurrency = concurrency
         self._costs = costs
         self._progress = progress
@@ -168,9 +84,19 @@ class BatchRunner:
         self._interrupted = False
         self._feed_scope = anyio.CancelScope()
         self._waits: set[anyio.CancelScope] = set()
-        self._input_moved = False
-        # The client's clock, for backdating resumed tasks (AsyncFlux does not publish it).
+        # The client's clock: for result deadlines, and for backdating resumed tasks.
         self._clock: Clock = flux.clock
+        self._jobs = JobFeed(
+            ledger,
+            prompts=prompts,
+            model=model,
+            defaults=defaults,
+            allow_any_image_path=allow_any_image_path,
+            provider=flux.provider_name,
+            clock=self._clock,
+            progress=progress,
+            notify=notify,
+        )
 
     async def run(self, stop: anyio.Event | None) -> None:
         """Run until every job is done, submitting stopped, or ``stop`` was set.
@@ -190,7 +116,7 @@ class BatchRunner:
         async with anyio.create_task_group() as outer:
             if stop is not None:
                 outer.start_soon(self._watch, stop)
-            send, receive = anyio.create_memory_object_stream[_Job]()
+            send, receive = anyio.create_memory_object_stream[Job]()
             # Saves run in their own task group (see _hand_off): workers outlive none of them.
             async with anyio.create_task_group() as saves:
                 self._saves = saves
@@ -218,76 +144,19 @@ class BatchRunner:
         for scope in list(self._waits):
             scope.cancel()
 
-    # -- feeding -------------------------------------------------------------------------
-
-    async def _feed(self, send: anyio.abc.ObjectSendStream[_Job]) -> None:
+    async def _feed(self, send: anyio.abc.ObjectSendStream[Job]) -> None:
         async with send:
             with self._feed_scope:
-                resumed = self._ledger.iter_items({ItemState.SUBMITTED, ItemState.READY})
-                async with contextlib.aclosing(resumed) as items:
-                    async for item in items:
-                        await send.send(_Job(item, task=self._recorded_task(item)))
-                await self._feed_pending(send)
-
-    async def _feed_pending(self, send: anyio.abc.ObjectSendStream[_Job]) -> None:
-        reader = ScannedReader(self._prompts, model=self._model, defaults=self._defaults)
-        try:
-            pending = self._ledger.iter_items({ItemState.PENDING})
-            async with contextlib.aclosing(pending) as items:
-                async for item in items:
-                    job = await self._pending_job(item, reader)
-                    if job is not None:
-                        await send.send(job)
-        finally:
-            reader.close()
-
-    async def _pending_job(self, item: LedgerItem, reader: ScannedReader) -> _Job | None:
-        scanned = await reader.seek(item.index)
-        if scanned is None or scanned.fingerprint != item.fingerprint:
-            if not self._input_moved:
-                self._input_moved = True
-                self._notify("the prompt file changed while the batch ran: such items stay pending")
-            return None
-        if scanned.item is None or scanned.problems:
-            await self._ledger.mark_invalid([(item.index, scanned.reason)])
-            self._progress.failed += 1
-            return None
-        try:
-            request = await item_request(
-                scanned.item,
-                model=self._model,
-                defaults=self._defaults,
-                base_dir=self._prompts.parent,
-                allow_any_image_path=self._allow_any_image_path,
-            )
-        except (ValueError, OSError) as exc:  # ValidationError, ConfigurationError, a file
-            await self._ledger.mark_invalid([(item.index, str(exc))])
-            self._progress.failed += 1
-            return None
-        return _Job(item, request=request)
-
-    def _recorded_task(self, item: LedgerItem) -> Task:
-        # Backdate the submit (by at most a minute, well inside any task timeout) so the
-        # poll schedule treats the task as the old one it is and polls it at once.
-        age = min(max(time.time() - item.updated_at, 0.0), _MAX_BACKDATE)
-        return Task(
-            id=item.task_id or "",
-            polling_url=item.polling_url,
-            model=item.model,
-            provider=self._flux.provider_name,
-            cost=item.cost,
-            prompt=item.prompt,
-            submitted_at=max(self._clock.monotonic() - age, 1e-9),
-        )
+                await self._jobs.feed(send)
 
     # -- one item ------------------------------------------------------------------------
 
-    async def _work(self, receive: anyio.abc.ObjectReceiveStream[_Job]) -> None:
+    async def _work(self, receive: anyio.abc.ObjectReceiveStream[Job]) -> None:
         async with receive:
             async for job in receive:
                 await self._process(job)
 
-    async def _process(self, job: _Job) -> None:
+    async def _process(self, job: Job) -> None:
         item = job.item
         resumed = job.request is None
         if resumed and item.state is ItemState.READY and job.task is not None:
@@ -403,7 +272,9 @@ class BatchRunner:
             self._progress.generating -= 1
         if outcome is None:
             return None  # interrupted: the task id stays recorded for a later run
-        self._forget(task.id)
+        # AsyncFlux.wait keeps every finished task's entry; at 100 000 items that is memory
+        # and O(n) statistics. generate() forgets its tasks the same way.
+        forget_finished(self._flux, task.id)
         if resumed and await self._recover(item, outcome):
             return None
         if isinstance(outcome, FluxError):
@@ -411,24 +282,16 @@ class BatchRunner:
             return None
         return outcome
 
-    def _forget(self, task_id: str) -> None:
-        # AsyncFlux.wait keeps every finished task's entry in its scheduler; at 100 000
-        # items that is memory and O(n) statistics. generate() forgets its tasks the same way.
-        scheduler = getattr(self._flux, "_scheduler", None)
-        forget = getattr(scheduler, "forget", None)
-        if forget is not None:
-            forget(task_id)
-
     async def _recover(self, item: LedgerItem, outcome: TaskResult | FluxError) -> bool:
         """Take an image an earlier run saved but did not get to record; True if found."""
-        stem = await self._stem(item)
+        stem = await item_stem(self._ledger, item, digits=self._digits)
         found = await anyio.to_thread.run_sync(
-            _existing_output, self._out, stem, item.updated_at - 1.0
+            existing_output, self._out, stem, item.updated_at - 1.0
         )
         if found is None:
             return False
         try:
-            digest = await anyio.to_thread.run_sync(_sha256_file, found)
+            digest = await anyio.to_thread.run_sync(sha256_file, found)
         except OSError:
             return False  # gone or unreadable: download it again
         result = outcome if isinstance(outcome, TaskResult) else None
@@ -453,7 +316,7 @@ class BatchRunner:
             url = result.sample_url
             stored = shown_data_url(url) if is_data_url(url) else url
             await self._ledger.mark_ready(item.index, sample_url=stored, deadline=deadline)
-            stem = await self._stem(item)
+            stem = await item_stem(self._ledger, item, digits=self._digits)
             if "." in stem:
                 # The downloader adds an extension only to a name without a suffix.
                 stem += extension_for(result.task.output_format, None)
@@ -477,29 +340,6 @@ class BatchRunner:
         finally:
             self._progress.saving -= 1
 
-    async def _stem(self, item: LedgerItem) -> str:
-        """Return the item's file-name stem; a name already taken gets ``-INDEX`` appended.
-
-        The lowest index keeps a shared name, and a name that spells another (unnamed)
-        item's automatic stem yields to it, so the result is the same in every run.
-        """
-        digits = self._digits
-        stem = output_stem(item.index, item.prompt, item.name, digits=digits)
-        if item.name is None:
-            return stem
-        first = await self._ledger.first_index_named(item.name)
-        clash = first is not None and first != item.index
-        auto = _AUTO_STEM.fullmatch(stem)
-        if not clash and auto is not None and len(auto.group(1)) == digits:
-            other = await self._ledger.get(int(auto.group(1)))
-            clash = (
-                other is not None
-                and other.index != item.index
-                and other.name is None
-                and output_stem(other.index, other.prompt, None, digits=digits) == stem
-            )
-        return f"{stem}-{item.index:0{digits}d}" if clash else stem
-
     def _not_saved(self, exc: StorageError) -> None:
         """Leave the item ``ready`` (paid, image still on the server) and stop submitting.
 
@@ -516,29 +356,6 @@ class BatchRunner:
     async def _fail(self, item: LedgerItem, exc: FluxError, *, billed: bool) -> None:
         await self._ledger.mark_failed(item.index, reason=str(exc), may_be_billed=billed)
         self._progress.failed += 1
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _existing_output(out: Path, stem: str, since: float) -> Path | None:
-    """Return a complete image of ``stem`` in ``out`` written after ``since`` (epoch s)."""
-    for name in (stem + ext for ext in (".jpeg", ".png", ".webp", ".jpg")):
-        candidate = out / name
-        try:
-            info = candidate.stat()
-        except OSError:
-            continue
-        # Files are renamed into place only when complete, so one that exists is whole;
-        # one older than the item's last ledger update belongs to an earlier attempt.
-        if info.st_mtime >= since and info.st_size > 0:
-            return candidate
-    return None
 
 
 def _first_leaf(group: BaseExceptionGroup[LedgerFullError]) -> LedgerFullError:

@@ -2,7 +2,8 @@
 
 :class:`LedgerReads` holds the connection and runs every statement off the event loop
 (:meth:`LedgerReads._run`); the queries here only read.
-:class:`~flux_async._batching._ledger.Ledger` adds the lifecycle and every write.
+:class:`~flux_async._batching._ledger_writes.LedgerWrites` adds every write, and
+:class:`~flux_async._batching._ledger.Ledger` the lifecycle.
 """
 
 from __future__ import annotations

@@ -1,18 +1,30 @@
-"""What every provider offers, the API key wrapper, and the named presets."""
+"""What every provider offers, what both dialects build on, the API key, the named presets."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
+from urllib.parse import urlsplit
 
+import httpx
+
+from .._core._clock import Clock
 from .._errors import ConfigurationError
 from .._request._models import PollReply, Task
 
 if TYPE_CHECKING:
     from .._request._requests import BaseRequest
 
-__all__ = ["PRESETS", "ApiKey", "Provider", "ProviderPreset", "get_preset", "resolve_api_key"]
+__all__ = [
+    "PRESETS",
+    "ApiKey",
+    "HTTPProvider",
+    "Provider",
+    "ProviderPreset",
+    "get_preset",
+    "resolve_api_key",
+]
 
 
 class ApiKey:
@@ -65,6 +77,41 @@ class Provider(Protocol):
     async def credits(self) -> float:
         """Return the account's credit balance."""
         ...
+
+
+class HTTPProvider:
+    """What both dialects are built on: a preset, a key, a clock and a checked base URL.
+
+    ``http`` is a credential-free ``httpx.AsyncClient``: a subclass puts the key into
+    each request's headers, never the client's defaults. ``base_url`` (default: the
+    preset's) must be an http(s) URL; a JSON reply is read up to ``max_reply_bytes``.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        preset: ProviderPreset,
+        key: ApiKey,
+        clock: Clock,
+        base_url: str | None,
+        max_reply_bytes: int,
+    ) -> None:
+        self.name = preset.name
+        self._max_reply_bytes = max_reply_bytes
+        self._http = http
+        self._preset = preset
+        self._key = key
+        self._clock = clock
+        self.base_url = (base_url or preset.base_url).rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        self._api_origin = (parts.scheme, parts.netloc)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(name={self.name!r}, base_url={self.base_url!r}, key={self._key!r})"
 
 
 @dataclass(frozen=True, slots=True)

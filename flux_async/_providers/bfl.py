@@ -15,7 +15,7 @@ import httpx
 from .._core._clock import Clock
 from .._core._text import shown_value
 from .._request._models import PollReply, Task
-from ._base import ApiKey, ProviderPreset
+from ._base import ApiKey, HTTPProvider, ProviderPreset
 from ._http import (
     DEFAULT_MAX_REPLY_BYTES,
     Phase,
@@ -40,7 +40,7 @@ def _is_bfl_api_host(host: str) -> bool:
     return host == "api.bfl.ai" or (host.startswith("api.") and host.endswith(".bfl.ai"))
 
 
-class BFLProvider:
+class BFLProvider(HTTPProvider):
     """Talk BFL's native API through a credential-free ``httpx.AsyncClient``.
 
     The key goes into each request's headers (never the client's defaults, which would
@@ -58,24 +58,18 @@ class BFLProvider:
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         request_timeout: float | None = None,
     ) -> None:
-        self.name = preset.name
-        self._max_reply_bytes = max_reply_bytes
-        self._http = http
-        self._preset = preset
-        self._key = key
-        self._clock = clock
-        self.base_url = (base_url or preset.base_url).rstrip("/")
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
-        self._api_origin = (parts.scheme, parts.netloc)
+        super().__init__(
+            http,
+            preset=preset,
+            key=key,
+            clock=clock,
+            base_url=base_url,
+            max_reply_bytes=max_reply_bytes,
+        )
         # Writes get the long timeout too: a body may carry up to 8 base64 reference images.
         self._submit_timeout = httpx.Timeout(preset.request_timeout, connect=10.0)
         # The whole of a poll or credits request (not each read alone) gets this long.
         self._total = request_timeout if request_timeout is not None else 30.0
-
-    def __repr__(self) -> str:
-        return f"BFLProvider(name={self.name!r}, base_url={self.base_url!r}, key={self._key!r})"
 
     def _key_headers(self) -> dict[str, str]:
         return {"x-key": self._key.reveal()}

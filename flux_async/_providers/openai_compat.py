@@ -24,7 +24,6 @@ import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -34,7 +33,7 @@ from .._core._text import shown_value
 from .._errors import AmbiguousSubmitError, ConfigurationError, ValidationError
 from .._request._models import PollReply, Status, Task
 from .._request._references import reference_fields, sniff_image_type
-from ._base import ApiKey, ProviderPreset
+from ._base import ApiKey, HTTPProvider, ProviderPreset
 from ._http import (
     DEFAULT_MAX_REPLY_BYTES,
     error_for_response,
@@ -173,7 +172,7 @@ def _as_data_url(value: str, field: str, model: str) -> str:
     return f"data:{mime};base64,{value}"
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
     """Talk to an OpenAI-style relay through a credential-free ``httpx.AsyncClient``.
 
     The Bearer token goes in each request's headers, only to the relay's own host, never
@@ -194,24 +193,19 @@ class OpenAIProvider:
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
-        self.name = preset.name
-        # The reply may carry the image itself as base64: 4/3 of the largest image, plus
-        # room for the JSON around it.
-        self._max_reply_bytes = max(max_reply_bytes, max_image_bytes * 4 // 3 + 64 * 1024)
-        self._http = http
-        self._preset = preset
-        self._key = key
-        self._clock = clock
+        super().__init__(
+            http,
+            preset=preset,
+            key=key,
+            clock=clock,
+            base_url=base_url,
+            # The reply may carry the image itself as base64: 4/3 of the largest image,
+            # plus room for the JSON around it.
+            max_reply_bytes=max(max_reply_bytes, max_image_bytes * 4 // 3 + 64 * 1024),
+        )
         self._endpoint = ENDPOINTS.get(preset.name, ENDPOINTS["apiyi"])
-        self.base_url = (base_url or preset.base_url).rstrip("/")
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         # Uploads with reference images can be large: writing gets the same minutes.
         self._timeout = httpx.Timeout(preset.request_timeout, connect=10.0)
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(name={self.name!r}, base_url={self.base_url!r}, key={self._key!r})"
 
     def _check_model(self, model: str) -> None:
         served = self._preset.models

@@ -17,9 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import random
 import re
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +27,7 @@ import httpx
 
 from .._core._clock import Clock, SystemClock
 from .._request._models import Status
+from ._account import SimAccount
 from ._asgi import (
     Receive,
     Request,
@@ -47,10 +46,8 @@ from ._keys import KeySighting, key_sightings
 from ._openai import PATH as OPENAI_PATH
 from ._openai import generate as openai_generate
 from ._records import RequestRecord, SimulatorRecords, SubmitRecord, elide
-from ._signing import Signer
-from ._state import Plan, SimState, SimTask
-from ._validation import check, output_shape
-from ._webhook_sender import WebhookSender
+from ._state import Plan, SimTask
+from ._transport import SimulatorTransport
 
 __all__ = ["Simulator"]
 
@@ -101,13 +98,10 @@ class Simulator:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.records = SimulatorRecords.bounded(self.config.record_limit)
         self.keys_seen: deque[KeySighting] = deque(maxlen=self.config.record_limit)
-        self._state = SimState(self.config.credits, self.config.task_retention)
-        self._rng = random.Random(self.config.seed)
+        self._account = SimAccount(self.config, self.clock, self.records)
         self._faults = Faults(self.config)
-        self._signer = Signer(self.config.seed)
-        self._plans: deque[Plan] = deque()
         #: Sends each task's webhook while ``async with sim.webhooks.running(sink):``.
-        self.webhooks = WebhookSender(self.config, self.clock, result_for=self._result)
+        self.webhooks = self._account.webhooks
 
     # --- scripting and inspection -------------------------------------------------------
 
@@ -130,7 +124,7 @@ class Simulator:
         """
         if duration is not None and duration < 0:
             raise ValueError("duration is in seconds and must be >= 0")
-        self._plans.append(Plan(duration, status, progress, cost))
+        self._account.plan(Plan(duration, status, progress, cost))
 
     def inject(
         self,
@@ -158,33 +152,31 @@ class Simulator:
 
     def task(self, task_id: str) -> SimTask:
         """Return the task ``task_id`` (KeyError when unknown or forgotten)."""
-        return self._state.tasks[task_id]
+        return self._account.task(task_id)
 
     def status(self, task_id: str) -> str:
         """Return the status a poll of ``task_id`` would answer now (ignoring faults)."""
-        self._settle()
-        task = self._state.tasks.get(task_id)
+        self._account.settle()
+        task = self._account.state.tasks.get(task_id)
         return Status.NOT_FOUND if task is None else task.status_at(self.clock.monotonic())
 
     def active_count(self, api_key: str | None = None) -> int:
         """Return how many tasks ``api_key`` (default: the configured key) has active."""
-        self._settle()
-        return self._state.active(self.config.api_key if api_key is None else api_key)
+        self._account.settle()
+        return self._account.state.active(self.config.api_key if api_key is None else api_key)
 
     @property
     def credits(self) -> float:
         """Return the credit balance now (moderated tasks refunded once they ended)."""
-        self._settle()
-        return self._state.credits
+        return self._account.credits
 
     def transport(self) -> httpx.AsyncBaseTransport:
         """Return an httpx transport that sends every request to this app, in process."""
-        from ._transport import SimulatorTransport
-
         return SimulatorTransport(self)
 
     def __repr__(self) -> str:
-        return f"Simulator(config={self.config!r}, clock={self.clock!r}, state={self._state!r})"
+        state = self._account.state
+        return f"Simulator(config={self.config!r}, clock={self.clock!r}, state={state!r})"
 
     # --- ASGI ---------------------------------------------------------------------------
 
@@ -231,7 +223,9 @@ class Simulator:
     def _route(self, request: Request) -> tuple[Target | None, _Handler]:
         path, method = self.config.api_path(request.path), request.method
         if path == OPENAI_PATH:
-            handler: _Handler = functools.partial(openai_generate, self)
+            handler: _Handler = functools.partial(
+                openai_generate, self._account, self._record_submit
+            )
             return ("submit", handler) if method == "POST" else (None, _not_allowed)
         if path == "/v1/get_result":
             if method == "GET":
@@ -255,16 +249,8 @@ class Simulator:
 
     # --- handlers -----------------------------------------------------------------------
 
-    def _auth(self, request: Request) -> Response | None:
-        key = request.headers.get("x-key")
-        if key is None:
-            return Response.json(401, {"detail": "Not authenticated"})
-        if key != self.config.api_key:
-            return Response.json(403, {"detail": "Invalid API key"})
-        return None
-
     async def _credits(self, request: Request, body: bytes) -> Response:
-        refusal = self._auth(request)
+        refusal = self._account.auth(request)
         return refusal or Response.json(200, {"credits": round(self.credits, 2)})
 
     async def _submit(self, request: Request, raw: bytes) -> Response:
@@ -275,70 +261,9 @@ class Simulator:
             problem = {"loc": ["body", getattr(exc, "pos", 0)], "msg": "JSON decode error"}
             self._record_submit(request, None, None, 422)
             return Response.json(422, {"detail": [problem | {"type": "json_invalid"}]})
-        response, task_id = self._create(request, model, body)
+        response, task_id = self._account.create(request, model, body)
         self._record_submit(request, body, task_id, response.status)
         return response
-
-    def _create(self, request: Request, model: str, body: Any) -> tuple[Response, str | None]:
-        refusal = self._auth(request)
-        if refusal is not None:
-            return refusal, None
-        problems = check(model, body)
-        if problems:
-            return Response.json(422, {"detail": problems}), None
-        plan = self._plans[0] if self._plans else Plan()
-        cost = self.config.cost_for(model) if plan.cost is None else plan.cost
-        key = self.config.api_key
-        if self.credits < cost:
-            return Response.json(402, {"detail": "Insufficient credits"}), None
-        limit = self.config.limit_for(model)
-        if self._state.active(key, model) >= limit:
-            cap = f"{limit} of {model}"
-        elif self._state.active(key) >= self.config.active_limit:
-            cap = str(self.config.active_limit)
-        else:
-            cap = ""
-        if cap:
-            self.records.rejected_429 += 1
-            detail = f"Too many active tasks (at most {cap}); wait for one to finish"
-            return Response.json(429, {"detail": detail}), None
-        if self._plans:
-            self._plans.popleft()
-        shape = output_shape(model, body)
-        seed = body.get("seed")
-        task = SimTask(
-            id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
-            model=model,
-            api_key=key,
-            prompt=body.get("prompt"),
-            seed=seed if isinstance(seed, int) else self._rng.randrange(2**32),
-            width=shape.width,
-            height=shape.height,
-            output_format=shape.output_format,
-            cost=cost,
-            duration=self._duration(model) if plan.duration is None else plan.duration,
-            outcome=plan.status,
-            progress=plan.progress,
-            submitted_at=self.clock.monotonic(),
-            start_time=self.clock.time(),
-        )
-        self._state.add(task)
-        webhook_url, secret = body.get("webhook_url"), body.get("webhook_secret")
-        if isinstance(webhook_url, str):
-            self.webhooks.schedule(task, webhook_url, secret if isinstance(secret, str) else None)
-        self.records.max_active_seen = max(self.records.max_active_seen, self._state.active(key))
-        reply = {
-            "id": task.id,
-            "polling_url": f"{self.config.poll_base}/v1/get_result?id={task.id}",
-            "cost": cost,
-            "input_mp": float(shape.input_images),
-            "output_mp": shape.output_mp,
-        }
-        return Response.json(200, reply), task.id
-
-    def _duration(self, model: str) -> float:
-        median, sigma = self.config.latency_for(model)
-        return self._rng.lognormvariate(math.log(median), sigma) if median > 0 else 0.0
 
     async def _poll(self, request: Request, body: bytes) -> Response:
         task_id = request.query.get("id")
@@ -348,9 +273,9 @@ class Simulator:
         key = request.headers.get("x-key")
         if key is not None and (key != self.config.api_key or self.config.keyless_poll):
             return Response.json(403, {"detail": "Invalid API key"})
-        self._settle()
+        self._account.settle()
         now = self.clock.monotonic()
-        task = self._state.tasks.get(task_id)
+        task = self._account.state.tasks.get(task_id)
         reply: dict[str, Any] = {"id": task_id, "status": Status.NOT_FOUND, "result": None}
         reply |= {"progress": None, "details": None, "preview": None}
         if task is None or now - task.submitted_at < self.config.not_found_grace:
@@ -362,7 +287,7 @@ class Simulator:
         elif status == Status.PENDING:
             reply["progress"] = task.progress_at(now)
         elif status == Status.READY:
-            reply["result"] = self._result(task)
+            reply["result"] = self._account.result(task)
         elif status in {Status.REQUEST_MODERATED, Status.CONTENT_MODERATED}:
             reply["details"] = _MODERATION
         reply["status"] = status
@@ -376,31 +301,10 @@ class Simulator:
         api_host = urlsplit(self.config.api_base).netloc.lower()
         return api_host != urlsplit(self.config.poll_base).netloc.lower() and host == api_host
 
-    def _result(self, task: SimTask) -> dict[str, Any]:
-        expiry = task.sample_expiry
-        now = self.clock.time()
-        if expiry is None:
-            expiry = float(int(task.end_time + self.config.url_lifetime))
-        elif self.config.refresh_url_on_poll and now > expiry:
-            expiry = float(int(now + self.config.url_lifetime))
-        task.sample_expiry = expiry
-        sample = self._signer.url(self.config.delivery_base, task.id, task.output_format, expiry)
-        return {
-            "sample": sample,
-            "prompt": task.prompt,
-            "seed": task.seed,
-            "start_time": task.start_time,
-            "end_time": task.end_time,
-            "duration": task.duration,
-        }
-
     async def _deliver(self, request: Request, body: bytes) -> Response:
-        self._settle()
-        return deliver(request, self._state.tasks, self._signer, self.clock.time(), self.config)
-
-    def _settle(self) -> None:
-        for task_id in self._state.settle(self.clock.monotonic()):
-            self.records.polls_by_task.pop(task_id, None)
+        account = self._account
+        account.settle()
+        return deliver(request, account.state.tasks, account.signer, self.clock.time(), self.config)
 
     def _record_submit(self, request: Request, body: Any, task_id: str | None, status: int) -> None:
         model = request.path.rsplit("/", 1)[1]

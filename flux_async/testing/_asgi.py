@@ -24,6 +24,7 @@ from .._core._clock import Clock
 
 __all__ = [
     "LINK_EXTENSION",
+    "App",
     "ConnectionDropped",
     "Link",
     "Message",
@@ -41,6 +42,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LINK_EXTENSION = "flux_async.simulator.link"
 

@@ -26,14 +26,13 @@ import dataclasses
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from .._request._models import Status
+from ._account import SimAccount
 from ._asgi import Request, Response
 from ._images import render
-
-if TYPE_CHECKING:
-    from ._app import Simulator
 
 __all__ = ["PATH", "RATIOS", "generate"]
 
@@ -71,6 +70,8 @@ _FIELDS = frozenset(
         *_IMAGES,
     }
 )
+#: Records a submit: the request, its JSON body (None: unreadable), the task id, the status.
+RecordSubmit = Callable[[Request, Any, "str | None", int], None]
 _SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 _FOUR_MP = 4 * 1024 * 1024
 
@@ -83,9 +84,11 @@ def _bad(message: str, code: str = "invalid_value") -> Response:
     return _error(400, message, "invalid_request_error", code)
 
 
-async def generate(sim: Simulator, request: Request, raw: bytes) -> Response:
-    """Answer one ``POST /v1/images/generations`` and record it as a submit."""
-    redirect = sim.config.openai_redirect
+async def generate(
+    account: SimAccount, record: RecordSubmit, request: Request, raw: bytes
+) -> Response:
+    """Answer one ``POST /v1/images/generations`` and ``record`` it as a submit."""
+    redirect = account.config.openai_redirect
     if redirect:
         location = redirect.rstrip("/") + PATH
         moved = {"error": {"message": "moved", "type": "redirect", "code": "moved"}}
@@ -97,13 +100,13 @@ async def generate(sim: Simulator, request: Request, raw: bytes) -> Response:
     if body is None:
         response, task_id = _bad("We could not parse the JSON body of your request."), None
     else:
-        response, task_id = await _answer(sim, request, body)
-    sim._record_submit(request, body, task_id, response.status)
+        response, task_id = await _answer(account, request, body)
+    record(request, body, task_id, response.status)
     return response
 
 
-async def _answer(sim: Simulator, request: Request, body: Any) -> tuple[Response, str | None]:
-    config = sim.config
+async def _answer(account: SimAccount, request: Request, body: Any) -> tuple[Response, str | None]:
+    config = account.config
     token = request.headers.get("authorization", "")
     if not token.lower().startswith("bearer "):
         message = "You didn't provide an API key (Authorization: Bearer <key>)."
@@ -142,12 +145,12 @@ async def _answer(sim: Simulator, request: Request, body: Any) -> tuple[Response
         return _bad(problem), None
     # The Bearer token was checked above; the BFL path checks x-key, so hand it that.
     keyed = dataclasses.replace(request, headers={**request.headers, "x-key": config.api_key})
-    created, task_id = sim._create(keyed, model, bfl_body)
+    created, task_id = account.create(keyed, model, bfl_body)
     if task_id is None:
         return _translate(created), None
-    task = sim.task(task_id)
+    task = account.task(task_id)
     # Synchronous: the answer comes when the image exists.
-    await sim.clock.sleep(task.duration)
+    await account.clock.sleep(task.duration)
     if task.outcome in (Status.REQUEST_MODERATED, Status.CONTENT_MODERATED):
         message = f"Your request was rejected by the safety system ({task.outcome})."
         return _bad(message, "content_policy_violation"), task_id
@@ -158,9 +161,9 @@ async def _answer(sim: Simulator, request: Request, body: Any) -> tuple[Response
         image = render(task.output_format, task.width, task.height, task.seed, config.image_bytes)
         item: dict[str, Any] = {"b64_json": base64.b64encode(b"".join(image.chunks())).decode()}
     else:
-        item = {"url": sim._result(task)["sample"]}
+        item = {"url": account.result(task)["sample"]}
     item["seed"] = task.seed
-    reply = {"created": int(sim.clock.time()), "data": [item]}
+    reply = {"created": int(account.clock.time()), "data": [item]}
     return Response.json(200, reply, headers=[("x-request-id", task.id)]), task_id
 
 

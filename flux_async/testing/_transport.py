@@ -15,14 +15,10 @@ what httpx reports over a real connection:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import httpx
 
-from ._asgi import LINK_EXTENSION, ConnectionDropped, Link, Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from ._app import Simulator
+from ._asgi import LINK_EXTENSION, App, ConnectionDropped, Link, Receive, Scope, Send
 
 __all__ = ["SimulatorTransport"]
 
@@ -36,7 +32,7 @@ class SimulatorTransport(httpx.AsyncBaseTransport):
     a test needs no port and no network. Get one with ``Simulator.transport()``.
 
     Args:
-        simulator: The simulator that answers every request.
+        simulator: The simulator (any ASGI app) that answers every request.
 
     Examples:
         ```python
@@ -48,7 +44,7 @@ class SimulatorTransport(httpx.AsyncBaseTransport):
         ```
     """
 
-    def __init__(self, simulator: Simulator) -> None:
+    def __init__(self, simulator: App) -> None:
         self._simulator = simulator
         self._inner = httpx.ASGITransport(app=self._app)
 
