@@ -187,7 +187,6 @@ class AsyncFlux(GenerateMethods):
             mode=polling,
             waiting=lambda: self._limiter.waiting + self._held_back,
         )
-        self._events = EventEmitter(event_hooks, clock=self._clock)
         self._webhooks = WebhookReceiver(
             webhook_url,
             webhook_secret,
