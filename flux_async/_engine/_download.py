@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiofiles
-import aiofiles.os
 import anyio
 import anyio.lowlevel
 import httpx
@@ -49,7 +47,7 @@ from .._providers._http import raw_body
 from .._request._data_urls import data_url_header, decoded_chunks, is_data_url, shown_data_url
 from .._request._models import redact_url, url_expiry
 from .._request._references import sniff_image_type
-from ._atomic_write import write_atomically
+from ._atomic_write import DEFAULT_BATCH_BYTES, FolderUnavailable, write_atomically
 from ._deadline import within
 from ._edf import DeadlineGate
 from ._redirects import RedirectRefused, next_hop
@@ -241,7 +239,8 @@ class Downloader:
     ``http`` must be a client without credentials (no ``x-key``/``Authorization``
     default header, no ``auth``): it follows redirects to hosts nobody vetted. Its
     timeouts apply, and its owner closes it. ``clock`` paces the retries; deadlines are
-    its wall-clock ``time()``. At most ``max_concurrent`` downloads stream at once.
+    its wall-clock ``time()``. At most ``max_concurrent`` downloads stream at once, each
+    holding at most ``chunk_size`` bytes (plus one network read) before they go to disk.
     An image larger than ``max_image_bytes`` decoded bytes is refused while it streams.
     Redirects are followed here, one hop at a time (at most five), only as
     :func:`._redirects.next_hop` allows.
@@ -255,7 +254,7 @@ class Downloader:
         *,
         clock: Clock,
         max_concurrent: int = 8,
-        chunk_size: int = 256 * 1024,
+        chunk_size: int = DEFAULT_BATCH_BYTES,
         max_attempts: int = 4,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
@@ -453,12 +452,11 @@ class Downloader:
         if not response.is_success:
             raise _StatusError(response.status_code, _retry_after(response))
         content_type = response.headers.get("content-type")
-        chunks = _body_chunks(response, self._chunk_size, self._max_image_bytes, url, task_id)
+        chunks = _body_chunks(response, self._max_image_bytes, url, task_id)
         head, mime = await _sniff(chunks, output_format, url)
         final = dest
         if not dest.suffix:
             final = dest.with_name(dest.name + _MIME_EXTENSIONS[mime])
-        await self._makedirs(final, url, task_id)
         final, size, digest = await self._write(
             _prepend(head, chunks),
             final,
@@ -493,7 +491,6 @@ class Downloader:
         final = dest
         if not dest.suffix:
             final = dest.with_name(dest.name + _MIME_EXTENSIONS[mime])
-        await self._makedirs(final, url, task_id)
 
         def verify(size: int) -> None:
             if size == 0:  # pragma: no cover - the sniffed head is never empty
@@ -509,13 +506,6 @@ class Downloader:
         )
         _log.debug("saved %s (%d bytes) from an inline image", final, size)
         return SavedFile(path=final, size=size, sha256=digest, content_type=content_type)
-
-    async def _makedirs(self, final: Path, url: str, task_id: str | None) -> None:
-        try:
-            await aiofiles.os.makedirs(final.parent, exist_ok=True)
-        except OSError as exc:
-            reason = f"cannot create folder {final.parent}: {exc}"
-            raise _storage_error(reason, exc, url, task_id) from exc
 
     async def _write(
         self,
@@ -537,10 +527,17 @@ class Downloader:
                 raise _storage_error(f"refusing to write: {exc}", exc, url, task_id) from exc
         try:
             return await write_atomically(
-                chunks, final, verify=verify, on_chunk=self._count, overwrite=overwrite
+                chunks,
+                final,
+                verify=verify,
+                on_chunk=self._count,
+                overwrite=overwrite,
+                batch_bytes=self._chunk_size,
             )
         except StorageError:
             raise
+        except FolderUnavailable as exc:
+            raise _storage_error(exc.strerror or str(exc), exc, url, task_id) from exc
         except OSError as exc:
             raise _storage_error(f"cannot write {final}: {exc}", exc, url, task_id) from exc
 
@@ -566,15 +563,17 @@ class Downloader:
 
 
 async def _body_chunks(
-    response: httpx.Response, chunk_size: int, limit: int, url: str, task_id: str | None
+    response: httpx.Response, limit: int, url: str, task_id: str | None
 ) -> AsyncGenerator[bytes, None]:
     """Yield the decoded body, at most ``limit`` bytes; a short read is an incomplete download.
 
     The body is decoded here, with a bounded output per step, not by httpx: a gzip bomb
-    stops at ``limit`` decoded bytes instead of inflating a network chunk at once.
+    stops at ``limit`` decoded bytes instead of inflating a network chunk at once. The
+    raw bytes come as the network delivers them (at most 64 KiB a read): re-cutting
+    them to a fixed size would copy every byte once more for nothing.
     """
     received = 0
-    raw, encoding = raw_body(response, chunk_size)
+    raw, encoding = raw_body(response)
     try:
         async for chunk in decoded(raw, encoding, limit):
             received += len(chunk)
