@@ -6,7 +6,9 @@ server created nothing (retry is safe) or leaves it unknown (``AmbiguousSubmitEr
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -62,6 +64,16 @@ Phase = Literal["submit", "poll", "credits"]
 USER_AGENT = "flux-async/0.1"
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Return the process's one default TLS context (certifi's CAs, ``SSL_*`` honoured).
+
+    Building one loads the whole CA bundle (tens of milliseconds of CPU); httpx would
+    build one per client, and every AsyncFlux holds two. A context is safe to share.
+    """
+    return httpx.create_ssl_context()
+
+
 def api_client(
     transport: httpx.AsyncBaseTransport | None, *, timeout: float, busy: int, keep_alive: int = 16
 ) -> httpx.AsyncClient:
@@ -78,6 +90,7 @@ def api_client(
         transport=transport,
         timeout=timeout,
         follow_redirects=False,
+        verify=_tls_context() if transport is None else True,
         headers={"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING},
         limits=httpx.Limits(
             max_connections=busy + 32, max_keepalive_connections=min(busy, keep_alive)
@@ -98,6 +111,7 @@ def download_client(
     return httpx.AsyncClient(
         transport=transport,
         follow_redirects=False,
+        verify=_tls_context() if transport is None else True,
         timeout=httpx.Timeout(timeout, read=120.0),
         headers={"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING},
     )
