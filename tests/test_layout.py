@@ -57,7 +57,6 @@ OVER_LIMIT = {
     "_batching/_batch_run.py",
     "_batching/_ledger.py",
     "_batching/_prompts.py",
-    "_engine/_scheduler.py",
     "_request/_requests.py",
     "testing/_app.py",
 }
