@@ -35,6 +35,7 @@ from .._errors import (
     ServerError,
     TransportError,
 )
+from ._transport import fast_transport
 
 __all__ = [
     "DEFAULT_MAX_REPLY_BYTES",
@@ -84,18 +85,24 @@ def api_client(
     plus polls): callers queue at the limiter, not in the pool. ``keep_alive`` connections
     stay open between requests (the steady traffic: polls), sparing a TLS handshake each;
     no more, since httpcore's pool checks every connection it holds on every request
-    (with 40 that was the largest CPU cost of a poll).
+    (with 40 that was the largest CPU cost of a poll; ``_transport`` makes each check
+    cheap).
     """
+    limits = httpx.Limits(
+        max_connections=busy + 32, max_keepalive_connections=min(busy, keep_alive)
+    )
     return httpx.AsyncClient(
-        transport=transport,
+        transport=transport if transport is not None else fast_transport(_tls_context(), limits),
         timeout=timeout,
         follow_redirects=False,
         verify=_tls_context() if transport is None else True,
         headers={"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING},
-        limits=httpx.Limits(
-            max_connections=busy + 32, max_keepalive_connections=min(busy, keep_alive)
-        ),
+        limits=limits,
     )
+
+
+# httpx's default pool limits.
+_DOWNLOAD_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 def download_client(
@@ -108,10 +115,13 @@ def download_client(
     checked hop at a time (``_redirects``): no scheme but http(s), no https-to-http, no
     private address unless the result URL had one.
     """
+    if transport is None:
+        transport = fast_transport(_tls_context(), _DOWNLOAD_LIMITS)
     return httpx.AsyncClient(
         transport=transport,
         follow_redirects=False,
-        verify=_tls_context() if transport is None else True,
+        verify=_tls_context(),
+        limits=_DOWNLOAD_LIMITS,
         timeout=httpx.Timeout(timeout, read=120.0),
         headers={"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING},
     )
