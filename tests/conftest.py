@@ -1,4 +1,4 @@
-"""Shared fixtures: the anyio backend is pinned to asyncio (aiofiles is asyncio-only)."""
+"""Shared fixtures: the anyio backend is pinned to asyncio, the only loop the library targets."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ WIDE = ["--concurrency", "10"]  # a resumed run finishes in one wave (the last f
 
 def loopback_sim(**changes: Any) -> Simulator:
     latency = dict.fromkeys(KNOWN_MODELS, (0.3, 0.2))
-    return Simulator(SimulatorConfig(latency=latency, image_bytes=4096, **changes))
+    return Simulator(SimulatorConfig(latency=latency, **({"image_bytes": 4096} | changes)))
 
 
 def command(base: str, prompts: Path, out: Path, *extra: str) -> list[str]:
@@ -167,7 +167,9 @@ async def test_sigkill_after_submits_then_resume_polls_instead_of_paying(
 async def test_sigkill_mid_download_leaves_no_partial_file(
     tmp_path: Path, prompts_file: Path
 ) -> None:
-    sim = loopback_sim(slow_delivery_seconds=0.1)
+    # Images of 2.5 MB spread over a second: a temp file appears once the first 1 MiB
+    # batch is on disk (a small image is written whole, in one go) and lives a while.
+    sim = loopback_sim(slow_delivery_seconds=1.0, image_bytes=2_500_000)
     out = tmp_path / "out"
 
     def downloading() -> bool:

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 import anyio
 import httpx
 import pytest
 
 from flux_async._core._clock import ManualClock
+from flux_async._engine import _atomic_write as atomic_write
 from flux_async._engine._download import (
     Downloader,
     DownloaderStatistics,
@@ -449,10 +449,10 @@ async def test_disk_errors_are_download_errors(tmp_path: Path, clock: ManualCloc
 async def test_a_failed_open_leaves_nothing(
     tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def refuse(*args: object, **kwargs: object) -> None:
+    def refuse(path: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(aiofiles, "open", refuse)
+    monkeypatch.setattr(atomic_write, "_open_part", refuse)
     handler, _ = sequence(image())
     async with mock_client(handler) as http:
         with pytest.raises(DownloadError, match="No space left"):

@@ -22,7 +22,6 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
@@ -32,21 +31,16 @@ from .._core._clock import Clock
 from .._core._guard import unexpected
 from .._core._text import clean_text
 from .._errors import (
-    APIError,
     AuthenticationError,
     BadRequestError,
     FluxError,
-    MalformedReplyError,
-    RateLimitError,
-    ServerError,
     TaskError,
-    TaskTimeoutError,
-    TransportError,
 )
 from .._polling._budget import RateBudget
 from .._polling._policy import PollPolicy, PollState
 from .._request._models import PollReply, Status, Task, TaskResult
 from .._request._replies import failure_for, not_found, ready_without_sample, unknown_status
+from ._poll_entry import PollEntry, SchedulerStatistics
 
 __all__ = ["PollFn", "Scheduler", "SchedulerStatistics"]
 
@@ -56,52 +50,6 @@ PollFn = Callable[[Task], Awaitable[PollReply]]
 
 # Never wait less than this for a budget token: a shorter sleep may not move the clock.
 _MIN_BUDGET_WAIT = 1e-3
-# Malformed poll replies in a row before the task fails with the last one: a proxy's
-# passing garbage gets another chance, a server that always sends it does not.
-_MAX_MALFORMED = 3
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerStatistics:
-    """A snapshot of the scheduler, for metrics and debugging."""
-
-    pending: int  # tasks not yet terminal
-    in_flight: int  # poll requests on the wire now
-    polls: int  # poll requests made since start
-    poll_errors: int  # polls that failed in transport or with a 5xx
-    resolved: int  # tasks that reached an outcome
-    next_due_in: float | None  # seconds until the earliest poll, None when idle
-    throttled: int = 0  # times a due poll waited for the poll-rate budget
-
-
-@dataclass(eq=False)
-class _Entry:
-    task: Task
-    state: PollState
-    deadline: float
-    on_terminal: Callable[[TaskResult | FluxError], None] | None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    outcome: TaskResult | FluxError | None = None
-    first_unknown_at: float | None = None
-    failures: int = 0
-    malformed: int = 0
-    last_reply: PollReply | None = None
-    polls: int = 0
-    seq: int = -1  # the seq of this entry's live heap item; older items are stale
-
-    def resolve(self, outcome: TaskResult | FluxError) -> bool:
-        """Set the outcome once; return whether this call set it."""
-        if self.outcome is not None:
-            return False
-        self.outcome = outcome
-        self.done.set()
-        if self.on_terminal is not None:
-            callback, self.on_terminal = self.on_terminal, None
-            try:
-                callback(outcome)
-            except Exception as exc:  # noqa: BLE001 - the guard: logged, and the loop goes on
-                unexpected(exc, task_id=self.task.id, where="the task's end callback")
-        return True
 
 
 class Scheduler:
@@ -149,8 +97,8 @@ class Scheduler:
         self._unknown_tolerance = unknown_status_tolerance
         self._error_cap = error_backoff_cap
         self._budget = budget if budget is not None else RateBudget()
-        self._heap: list[tuple[float, int, _Entry]] = []
-        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, int, PollEntry]] = []
+        self._entries: dict[str, PollEntry] = {}
         self._seq = itertools.count()
         self._timer: anyio.CancelScope | None = None
         self._armed_for = math.inf
@@ -181,7 +129,7 @@ class Scheduler:
         self._prune(now)
         submitted = task.submitted_at if task.submitted_at else now
         state = PollState(key=key or f"{task.provider}:{task.model}", submitted_at=submitted)
-        entry = _Entry(
+        entry = PollEntry(
             task=task,
             state=state,
             deadline=submitted + self._task_timeout,
@@ -269,7 +217,7 @@ class Scheduler:
         finally:
             self._running = False
 
-    async def _next_due(self) -> _Entry:
+    async def _next_due(self) -> PollEntry:
         while True:
             # Skip entries that were resolved while queued (a webhook, a shutdown).
             while self._heap and (
@@ -290,7 +238,7 @@ class Scheduler:
                 finally:
                     self._timer, self._armed_for = None, math.inf
 
-    def _push(self, entry: _Entry, due: float) -> None:
+    def _push(self, entry: PollEntry, due: float) -> None:
         due = min(due, entry.deadline)
         entry.seq = next(self._seq)
         heapq.heappush(self._heap, (due, entry.seq, entry))
@@ -298,47 +246,26 @@ class Scheduler:
             # An earlier poll than the timer was armed for: wake the loop to re-arm.
             self._timer.cancel()
 
-    async def _poll_job(self, entry: _Entry) -> None:
+    async def _poll_job(self, entry: PollEntry) -> None:
         try:
             now = self._clock.monotonic()
             if now >= entry.deadline:
-                self._finish(
-                    entry,
-                    TaskTimeoutError(
-                        f"no terminal status within {self._task_timeout:.0f} s of submit",
-                        task_id=entry.task.id,
-                        status=entry.last_reply.status if entry.last_reply else None,
-                        reply=entry.last_reply,
-                    ),
-                )
+                self._finish(entry, entry.timed_out(self._task_timeout))
                 return
             self._polls += 1
             entry.polls += 1
             try:
                 reply = await self._poll(entry.task)
-            except (TransportError, RateLimitError, ServerError) as exc:
-                self._retry_later(entry, exc)
-                return
-            except APIError as exc:
-                if exc.status_code == 404:
-                    reply = PollReply(id=entry.task.id, status=Status.NOT_FOUND)
-                elif exc.status_code >= 500:
-                    self._retry_later(entry, exc)
-                    return
-                else:
-                    self._finish(entry, exc)
-                    return
-            except MalformedReplyError as exc:
-                entry.malformed += 1
-                if entry.malformed < _MAX_MALFORMED:
-                    self._retry_later(entry, exc)
-                else:
-                    logger.warning("%s", exc)
-                    self._finish(entry, exc)
-                return
             except FluxError as exc:
-                self._finish(entry, exc)
-                return
+                verdict = entry.judge_failure(exc)
+                if verdict == "not found":
+                    reply = PollReply(id=entry.task.id, status=Status.NOT_FOUND)
+                else:
+                    if verdict == "retry":
+                        self._retry_later(entry, exc)
+                    else:
+                        self._finish(entry, exc)
+                    return
             entry.failures = entry.malformed = 0
             self._handle_guarded(entry, reply, self._clock.monotonic())
         except Exception as exc:  # noqa: BLE001 - the guard: this task fails, the loop goes on
@@ -347,7 +274,7 @@ class Scheduler:
             self._in_flight -= 1
             self._slot_free.set()
 
-    def _retry_later(self, entry: _Entry, exc: FluxError) -> None:
+    def _retry_later(self, entry: PollEntry, exc: FluxError) -> None:
         self._poll_errors += 1
         entry.failures += 1
         delay = compute_backoff(entry.failures - 1, base=0.5, cap=self._error_cap)
@@ -357,14 +284,14 @@ class Scheduler:
         logger.debug("poll of task %s failed (%s); retrying in %.2f s", entry.task.id, exc, delay)
         self._push(entry, self._clock.monotonic() + delay)
 
-    def _handle_guarded(self, entry: _Entry, reply: PollReply, now: float) -> None:
+    def _handle_guarded(self, entry: PollEntry, reply: PollReply, now: float) -> None:
         """Apply ``reply``; anything unforeseen fails this task alone (see ``_guard``)."""
         try:
             self._handle_reply(entry, reply, now)
         except Exception as exc:  # noqa: BLE001 - the guard: this task fails, the loop goes on
             self._finish(entry, unexpected(exc, task_id=entry.task.id, where="a reply"))
 
-    def _handle_reply(self, entry: _Entry, reply: PollReply, now: float) -> None:
+    def _handle_reply(self, entry: PollEntry, reply: PollReply, now: float) -> None:
         if entry.outcome is not None:
             return
         entry.last_reply = reply
@@ -395,7 +322,7 @@ class Scheduler:
             else:
                 self._push(entry, now + self._policy.next_delay(entry.state, now, progress=None))
 
-    def _ready(self, entry: _Entry, reply: PollReply, now: float) -> TaskResult | FluxError:
+    def _ready(self, entry: PollEntry, reply: PollReply, now: float) -> TaskResult | FluxError:
         sample = reply.sample()
         if sample is None or not sample.sample:
             return ready_without_sample(entry.task.id, reply)
@@ -409,16 +336,7 @@ class Scheduler:
                 state.key, now - state.submitted_at, censored_at=censored, state=state
             )
             self._replan(state.key, now)
-        return TaskResult(
-            task=entry.task,
-            sample_url=sample.sample,
-            seed=sample.seed,
-            prompt=sample.prompt,
-            start_time=sample.start_time,
-            end_time=sample.end_time,
-            ready_at=now,
-            reply=reply,
-        )
+        return entry.result(reply, sample, now)
 
     def _replan(self, key: str, now: float) -> None:
         # A policy that learns fast (see ``_regime``) moves the queued polls of the key
@@ -433,7 +351,7 @@ class Scheduler:
                     return  # the key is warm: every queued poll stands
                 self._push(entry, now + delay)
 
-    def _finish(self, entry: _Entry, outcome: TaskResult | FluxError) -> None:
+    def _finish(self, entry: PollEntry, outcome: TaskResult | FluxError) -> None:
         if entry.outcome is None:
             self._resolved += 1
             self._pending -= 1

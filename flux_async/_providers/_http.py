@@ -6,7 +6,9 @@ server created nothing (retry is safe) or leaves it unknown (``AmbiguousSubmitEr
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from .._errors import (
     ServerError,
     TransportError,
 )
+from ._transport import fast_transport
 
 __all__ = [
     "DEFAULT_MAX_REPLY_BYTES",
@@ -62,6 +65,16 @@ Phase = Literal["submit", "poll", "credits"]
 USER_AGENT = "flux-async/0.1"
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Return the process's one default TLS context (certifi's CAs, ``SSL_*`` honoured).
+
+    Building one loads the whole CA bundle (tens of milliseconds of CPU); httpx would
+    build one per client, and every AsyncFlux holds two. A context is safe to share.
+    """
+    return httpx.create_ssl_context()
+
+
 def api_client(
     transport: httpx.AsyncBaseTransport | None, *, timeout: float, busy: int, keep_alive: int = 16
 ) -> httpx.AsyncClient:
@@ -72,17 +85,24 @@ def api_client(
     plus polls): callers queue at the limiter, not in the pool. ``keep_alive`` connections
     stay open between requests (the steady traffic: polls), sparing a TLS handshake each;
     no more, since httpcore's pool checks every connection it holds on every request
-    (with 40 that was the largest CPU cost of a poll).
+    (with 40 that was the largest CPU cost of a poll; ``_transport`` makes each check
+    cheap).
     """
+    limits = httpx.Limits(
+        max_connections=busy + 32, max_keepalive_connections=min(busy, keep_alive)
+    )
     return httpx.AsyncClient(
-        transport=transport,
+        transport=transport if transport is not None else fast_transport(_tls_context(), limits),
         timeout=timeout,
         follow_redirects=False,
+        verify=_tls_context() if transport is None else True,
         headers={"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING},
-        limits=httpx.Limits(
-            max_connections=busy + 32, max_keepalive_connections=min(busy, keep_alive)
-        ),
+        limits=limits,
     )
+
+
+# httpx's default pool limits.
+_DOWNLOAD_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 def download_client(
@@ -95,9 +115,13 @@ def download_client(
     checked hop at a time (``_redirects``): no scheme but http(s), no https-to-http, no
     private address unless the result URL had one.
     """
+    if transport is None:
+        transport = fast_transport(_tls_context(), _DOWNLOAD_LIMITS)
     return httpx.AsyncClient(
         transport=transport,
         follow_redirects=False,
+        verify=_tls_context(),
+        limits=_DOWNLOAD_LIMITS,
         timeout=httpx.Timeout(timeout, read=120.0),
         headers={"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING},
     )
