@@ -343,3 +343,40 @@ async def test_a_429_cuts_the_window_of_the_whole_fleet(
     assert 1 <= sim.records.rejected_429 <= 6
     submitted = [r.body["prompt"] for r in sim.records.submits if r.task_id is not None]
     assert len(submitted) == len(set(submitted)) == 20
+
+
+async def test_a_submit_queued_in_another_process_puts_this_one_in_throughput(
+    redis_server: RedisServer,
+) -> None:
+    # A slot freed here goes to whichever process queued first: while any process of the
+    # fleet waits, this one's polls free slots (the throughput regime), even with no
+    # waiter of its own.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    async with fleet(sim, redis_server.url, 2, cap=1) as (a, b):
+        limiter_a, limiter_b = a._limiter, b._limiter
+        assert a._fleet is not None
+        heartbeat = a._fleet.heartbeat
+        assert heartbeat is not None
+        assert a._policy.regime() == "frugal"  # type: ignore[attr-defined]
+        with anyio.fail_after(30):  # a stuck fleet fails here instead of hanging CI
+            slot = await limiter_a.acquire("flux-2-pro")
+            async with anyio.create_task_group() as tg:
+                granted: list[Any] = []
+
+                async def queue_in_b() -> None:
+                    granted.append(await limiter_b.acquire("flux-2-pro"))
+
+                tg.start_soon(queue_in_b)
+                while limiter_b.waiting == 0:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                assert limiter_a.waiting == 0  # a has not heard of b's ticket yet
+                await heartbeat.beat()  # the beat reports the fleet's queue
+                assert limiter_a.waiting == 1
+                assert a._policy.regime() == "throughput"  # type: ignore[attr-defined]
+                slot.release()  # b's ticket is granted; the release reports the queue
+                while not granted:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            granted[0].release()
+            await heartbeat.beat()
+        assert limiter_a.waiting == limiter_b.waiting == 0
+        assert a._policy.regime() == b._policy.regime() == "frugal"  # type: ignore[attr-defined]

@@ -102,7 +102,7 @@ end
 # Renew the heartbeat and drop the leases Redis holds for the owner but the owner does not
 # (a release that never reached Redis), except grants not yet collected. (Leases Redis
 # lost in a restart are added back by OCCUPY when the owner rejoins.) Returns
-# {1 if the owner was known else 0, live owners, dead owner ids...}.
+# {1 if the owner was known else 0, live owners, tickets queued, dead owner ids...}.
 BEAT: Final = (
     _PRELUDE
     + r"""
@@ -119,7 +119,7 @@ for _, lease in ipairs(redis.call('SMEMBERS', P .. 'held:' .. owner)) do
 end
 local dead = redis.call('ZRANGEBYSCORE', P .. 'owners', '-inf', '(' .. now, 'LIMIT', 0, 16)
 local live = redis.call('ZCOUNT', P .. 'owners', now, '+inf')
-local out = {known, live}
+local out = {known, live, redis.call('ZCARD', P .. 'queue')}
 for _, d in ipairs(dead) do table.insert(out, d) end
 return out
 """
@@ -168,7 +168,8 @@ return seq
 )
 
 # ARGV: prefix, owner, configured cap. Grant tickets in order; return
-# {known owner (0/1), leases in use, window, tickets granted to this owner...}.
+# {known owner (0/1), leases in use, window, tickets still queued (every owner's),
+#  tickets granted to this owner...}.
 PUMP: Final = (
     _PRELUDE
     + r"""
@@ -202,7 +203,7 @@ for _, t in ipairs(tickets) do
 end
 local mine = redis.call('LRANGE', P .. 'granted:' .. owner, 0, -1)
 redis.call('DEL', P .. 'granted:' .. owner)
-local out = {alive(owner, now) and 1 or 0, used, value}
+local out = {alive(owner, now) and 1 or 0, used, value, redis.call('ZCARD', P .. 'queue')}
 for _, t in ipairs(mine) do table.insert(out, t) end
 return out
 """
@@ -229,7 +230,7 @@ return 1
 )
 
 # ARGV: prefix, lease, ended (1: the task ended: evidence for the window), configured,
-# quiet_ms. Give a lease back; returns 1 if it was held.
+# quiet_ms. Give a lease back; returns {1 if it was held else 0, tickets queued}.
 RELEASE: Final = (
     _PRELUDE
     + r"""
@@ -239,7 +240,7 @@ if held and ended == '1' then
   redis.call('HINCRBY', P .. 'window', 'epoch', 1)
   new_generation(tonumber(ARG[4]), tonumber(ARG[5]), now_ms())
 end
-return held and 1 or 0
+return {held and 1 or 0, redis.call('ZCARD', P .. 'queue')}
 """
 )
 
