@@ -22,6 +22,7 @@ from flux_async import (
     GeneratedImage,
     ImageSaved,
     TaskOrphaned,
+    run_batch,
 )
 from flux_async._cli import main
 from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id
@@ -380,3 +381,59 @@ async def test_a_submit_queued_in_another_process_puts_this_one_in_throughput(
             await heartbeat.beat()
         assert limiter_a.waiting == limiter_b.waiting == 0
         assert a._policy.regime() == b._policy.regime() == "frugal"  # type: ignore[attr-defined]
+
+
+async def test_a_resumed_batch_takes_what_the_fleet_saved_without_paying_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A batch stops with its tasks still generating and its process leaves (a deploy, a
+    # crash): the fleet adopts them and saves each image under its item's own name in
+    # the batch folder; the resumed batch records those files, submitting and
+    # downloading nothing again.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\na hare\na heron\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    def client(**options: Any) -> AsyncFlux:
+        return AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+            **options,
+        )
+
+    with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+        async with client(orphan_dir=tmp_path / "orphans") as survivor:
+            for _ in range(3):
+                sim.plan_next(duration=30.0)
+            async with client() as batcher:
+                stop = anyio.Event()
+                async with anyio.create_task_group() as tg:
+
+                    async def stop_once_submitted() -> None:
+                        while len(sim.records.submits) < 3:  # noqa: ASYNC110
+                            await anyio.sleep(0.01)
+                        stop.set()
+
+                    tg.start_soon(stop_once_submitted)
+                    first = await run_batch(batcher, prompts, out, stop=stop)
+            assert (first.stopped, first.ok, first.pending) == ("interrupted", 0, 3)
+            orphans = survivor.statistics().orphans
+            assert orphans is not None
+            while orphans.saved < 3:
+                await anyio.sleep(0.02)
+                orphans = survivor.statistics().orphans
+                assert orphans is not None
+            assert len(sim.records.delivery_headers) == 3
+            async with client() as resumer:
+                again = await run_batch(resumer, prompts, out)
+    assert (again.ok, again.failed, again.pending) == (3, 0, 0)
+    assert len(sim.records.submits) == 3  # nothing paid twice
+    assert len(sim.records.delivery_headers) == 3  # nor downloaded twice
+    assert sorted(p.name for p in out.glob("*.jpeg")) == sorted(
+        json.loads(line)["path"] for line in (out / "results.jsonl").read_text().splitlines()
+    )
+    assert not (tmp_path / "orphans").exists() or not any((tmp_path / "orphans").iterdir())

@@ -362,7 +362,10 @@ class BatchRunner:
         try:
             await self._ledger.mark_submitting(index)
             try:
-                task = await self._flux.submit(request)
+                # Built by build_request, so already valid. The destination goes to the
+                # fleet's record: a survivor adopting the task saves it under this item's
+                # name, where a resumed run finds it (``_recover``) without paying again.
+                task = await self._flux._submit(request, output=await self._dest(item, request))
             except (InsufficientCreditsError, AuthenticationError) as exc:
                 # Refused at the door: no task exists, the item simply waits for later.
                 self._costs.settle(request.model, estimate, None, billed=False)
@@ -384,6 +387,13 @@ class BatchRunner:
         self._progress.submitted += 1
         self._progress.spent = self._costs.spent
         return task
+
+    async def _dest(self, item: LedgerItem, request: BaseRequest) -> tuple[Path, str]:
+        """Return the folder and file name ``_save`` will give this item's image."""
+        stem = await self._stem(item)
+        if "." in stem:
+            stem += extension_for(getattr(request, "output_format", None), None)
+        return self._out, stem
 
     async def _wait(self, item: LedgerItem, task: Task, *, resumed: bool) -> TaskResult | None:
         if self._interrupted:
@@ -414,10 +424,8 @@ class BatchRunner:
     def _forget(self, task_id: str) -> None:
         # AsyncFlux.wait keeps every finished task's entry in its scheduler; at 100 000
         # items that is memory and O(n) statistics. generate() forgets its tasks the same way.
-        scheduler = getattr(self._flux, "_scheduler", None)
-        forget = getattr(scheduler, "forget", None)
-        if forget is not None:
-            forget(task_id)
+        # In a fleet it also drops the task's record: this run has the result.
+        self._flux._forget(task_id)
 
     async def _recover(self, item: LedgerItem, outcome: TaskResult | FluxError) -> bool:
         """Take an image an earlier run saved but did not get to record; True if found."""
