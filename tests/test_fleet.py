@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -39,11 +40,9 @@ def fast_config(**changes: Any) -> SimulatorConfig:
     return SimulatorConfig(latency=latency, image_bytes=1024, **changes)
 
 
-def coordinator(url: str, **timings: float) -> Coordinator:
+def coordinator(url: str, timeout: float = 1.0) -> Coordinator:
     # Scaled seconds (SPEED x real): a 1 s real stall of a loaded machine is not a death.
-    options = {"heartbeat": 1.0, "ttl": 20.0, "timeout": 1.0, "pump_interval": 1.0}
-    options.update(timings)
-    return Coordinator(url, **options)
+    return Coordinator(url, heartbeat=1.0, ttl=20.0, timeout=timeout, pump_interval=1.0)
 
 
 @asynccontextmanager
@@ -437,3 +436,22 @@ async def test_a_resumed_batch_takes_what_the_fleet_saved_without_paying_again(
         json.loads(line)["path"] for line in (out / "results.jsonl").read_text().splitlines()
     )
     assert not (tmp_path / "orphans").exists() or not any((tmp_path / "orphans").iterdir())
+
+
+async def test_a_crowd_of_submits_in_one_process_never_loses_the_coordinator(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # 150 callers queue at once (a web worker under load): each waits for one of the
+    # process's few Redis connections; none fails, so the fleet never falls back to
+    # its local share (redis-py's plain pool raised MaxConnectionsError past 100).
+    sim = Simulator(fast_config(active_limit=50), clock=ScaledClock(SPEED))
+    events: list[Event] = []
+    async with fleet(sim, redis_server.url, 1, cap=50, event_hooks=[events.append]) as (flux,):
+        with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+            async with anyio.create_task_group() as tg:
+                for n in range(150):
+                    tg.start_soon(partial(flux.generate, f"fox {n}", output_dir=tmp_path))
+        assert flux.statistics().limiter.in_flight == 0
+    assert not [e for e in events if isinstance(e, CoordinatorChanged)]
+    assert len(list(tmp_path.glob("*.jpeg"))) == 150
+    assert sim.records.rejected_429 == 0

@@ -48,7 +48,8 @@ class Coordinator:
     ``heartbeat``: seconds between a process's heartbeats; ``ttl``: seconds without one
     after which a process is dead and its tasks are adopted; ``timeout``: the bound on
     every Redis call; ``pump_interval``: seconds between looks at the shared queue while
-    this process has submits waiting for a slot.
+    this process has submits waiting for a slot; ``connections``: the most connections
+    this process opens to Redis (a call waits for a free one, within ``timeout``).
     """
 
     def __init__(
@@ -59,16 +60,20 @@ class Coordinator:
         ttl: float = 10.0,
         timeout: float = 2.0,
         pump_interval: float = 0.05,
+        connections: int = 16,
     ) -> None:
         if isinstance(redis, str) and not redis.startswith(_SCHEMES):
             raise ConfigurationError("coordinator must be a redis:// or rediss:// URL")
-        if not 0 < heartbeat < ttl or timeout <= 0 or pump_interval <= 0:
-            raise ConfigurationError("need 0 < heartbeat < ttl, timeout > 0, pump_interval > 0")
+        if not 0 < heartbeat < ttl or timeout <= 0 or pump_interval <= 0 or connections < 2:
+            raise ConfigurationError(
+                "need 0 < heartbeat < ttl, timeout > 0, pump_interval > 0, connections >= 2"
+            )
         self.redis = redis
         self.heartbeat = heartbeat
         self.ttl = ttl
         self.timeout = timeout
         self.pump_interval = pump_interval
+        self.connections = connections
 
     @classmethod
     def resolve(cls, value: str | Redis | Coordinator | None) -> Coordinator | None:
@@ -112,25 +117,31 @@ class FleetSession:
         target = self.coordinator.redis
         if isinstance(target, str):
             try:
-                from redis.asyncio import Redis
+                from redis.asyncio import BlockingConnectionPool, Redis
             except ImportError as exc:  # pragma: no cover - depends on the installation
                 message = "a coordinator needs redis-py: pip install 'flux-async[redis]'"
                 raise ConfigurationError(message) from exc
             timeout = self.coordinator.timeout
-            self._redis = Redis.from_url(
+            # A bounded pool whose callers wait for a connection: hundreds of submits
+            # queueing at once must not open hundreds of connections, nor fail (the
+            # plain pool raises MaxConnectionsError past 100, which read as Redis lost).
+            pool = BlockingConnectionPool.from_url(
                 target,
+                max_connections=self.coordinator.connections,
+                timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 decode_responses=True,
                 retry_on_timeout=False,
             )
+            self._redis = Redis(connection_pool=pool)
             self._own_connection = True
         else:
             self._redis = target
 
     async def aclose(self) -> None:
         if self._own_connection and self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.aclose(close_connection_pool=True)  # the pool is ours too
         self._redis = None
 
     def new_ticket(self) -> str:
