@@ -22,11 +22,13 @@ from flux_async import (
     Event,
     GeneratedImage,
     ImageSaved,
+    ManualClock,
     TaskOrphaned,
     run_batch,
 )
 from flux_async._cli import main
-from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id
+from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id, scripts
+from flux_async._fleet.coordinator import FleetSession
 from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, ScaledClock, Simulator, SimulatorConfig
 from tests._redis import RedisServer
 
@@ -455,3 +457,49 @@ async def test_a_crowd_of_submits_in_one_process_never_loses_the_coordinator(
     assert not [e for e in events if isinstance(e, CoordinatorChanged)]
     assert len(list(tmp_path.glob("*.jpeg"))) == 150
     assert sim.records.rejected_429 == 0
+
+
+async def test_a_silent_process_is_granted_no_slot_before_it_is_declared_dead(
+    redis_server: RedisServer,
+) -> None:
+    # A process killed with submits queued would take every slot freed until its
+    # heartbeat expires (ttl) and hold it until adoption. Once silent for stale_ms it is
+    # skipped (its tickets keep their place); when it beats again it is served first.
+    clock = ManualClock()
+    timings = Coordinator(redis_server.url, heartbeat=1.0, ttl=10.0, timeout=5.0)
+    assert timings.stale_ms == 5000
+    alive, silent = (
+        FleetSession(timings, provider="bfl", api_key=FAKE_API_KEY, clock=clock) for _ in "ab"
+    )
+    with anyio.fail_after(30):
+        for session in (alive, silent):
+            await session.open()
+
+        async def beat(session: FleetSession) -> None:
+            await session.script(scripts.BEAT, session.owner, 10_000)
+
+        async def enqueue(session: FleetSession, ticket: str) -> None:
+            await session.script(scripts.ENQUEUE, session.owner, ticket, "flux-2-pro", 1, 0)
+
+        async def pump(session: FleetSession) -> list[str]:
+            reply = await session.script(scripts.PUMP, session.owner, 1, timings.stale_ms)
+            return [str(t) for t in reply[4:]]
+
+        try:
+            await beat(alive)
+            await beat(silent)
+            await enqueue(alive, "held")
+            assert await pump(alive) == ["held"]  # the one slot
+            await enqueue(silent, "first")
+            await enqueue(alive, "second")
+            clock.advance(6.0)  # past stale_ms, well inside ttl: silent is not dead yet
+            await beat(alive)
+            await alive.script(scripts.RELEASE, "held", 1, 1, 30_000)
+            assert await pump(alive) == ["second"]  # "first" skipped, not dropped
+            assert await pump(silent) == []
+            await alive.script(scripts.RELEASE, "second", 1, 1, 30_000)
+            await beat(silent)  # it was only slow: its ticket is next
+            assert await pump(silent) == ["first"]
+        finally:
+            for session in (alive, silent):
+                await session.aclose()

@@ -75,6 +75,15 @@ class Coordinator:
         self.pump_interval = pump_interval
         self.connections = connections
 
+    @property
+    def stale_ms(self) -> int:
+        """Milliseconds without a heartbeat after which a process is granted no slot.
+
+        Well before ``ttl`` declares it dead (a killed process would otherwise take
+        every slot freed meanwhile), yet 2.5 heartbeats: a slow beat is not a death.
+        """
+        return int(max(2.5 * self.heartbeat, self.ttl / 2) * 1000)
+
     @classmethod
     def resolve(cls, value: str | Redis | Coordinator | None) -> Coordinator | None:
         """Return the coordinator for ``value``, else from ``FLUX_ASYNC_COORDINATOR``."""

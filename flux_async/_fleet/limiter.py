@@ -246,7 +246,9 @@ class FleetLimiter(ActiveTaskLimiter):
             await self._clock.sleep(interval)
 
     async def _pump_once(self) -> None:
-        reply = await self.session.script(scripts.PUMP, self.session.owner, self.limit)
+        reply = await self.session.script(
+            scripts.PUMP, self.session.owner, self.limit, self.session.coordinator.stale_ms
+        )
         known, used, window, queued, *granted = reply
         self.fleet_in_use, self.fleet_window = int(used), int(window)
         self.fleet_queued = int(queued)
