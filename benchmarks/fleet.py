@@ -170,10 +170,11 @@ async def run_variant(
         for proc in procs:
             assert proc.process.stdin is not None
             await proc.process.stdin.send(b"go\n")
-        victim_saved_at_kill = 0
+        victim_saved_at_kill, killed_at = 0, 0.0
         if kill:
             while int((procs[0].last("progress") or "progress 0").split()[1]) < PROMPTS // 3:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
+            killed_at = clock.monotonic()
             procs[0].process.send_signal(signal.SIGKILL)
             await procs[0].process.wait()
             victim_saved_at_kill = int((procs[0].last("progress") or "progress 0").split()[1])
@@ -218,9 +219,25 @@ async def run_variant(
             "victim_saved_before_kill": victim_saved_at_kill,
             "victim_paid_tasks": sum(1 for p in stats["prompts"].values() if p.startswith("w0-")),
             "victim_images_saved": len(list((out / "w0").glob("*.jpeg"))),
+            "victim_orphans_saved": len(list((out / "orphans").glob("*.jpeg"))),
+            # A paid task with no image: when it was submitted, against the kill (a
+            # submit answered in the last instant before the kill has no record).
+            "victim_unsaved_submitted_before_kill": [
+                round(killed_at - v["submitted_at"], 4)
+                for t, v in stats["tasks"].items()
+                if stats["prompts"][t].startswith("w0-")
+                and not saved_as(out / "w0", stats["prompts"][t])
+            ],
             "adopted_by_survivors": adopted,
         }
     return result
+
+
+def saved_as(folder: Path, prompt: str) -> bool:
+    """Whether ``folder`` holds the image of ``prompt`` (``NAME-i``: item ``i``), whether
+    its worker saved it (``{i:05d}.jpeg``, ``generate_many``'s name) or an adopter did
+    (the name the record gave)."""
+    return (folder / f"{int(prompt.rsplit('-', 1)[1]):05d}.jpeg").exists()
 
 
 def lag_figures(
@@ -229,7 +246,8 @@ def lag_figures(
     """Where the makespan goes: detection lag, slot idle time, polls and their regime.
 
     ``detect_lag``: seconds from a task's end (the server's ``end_at``) to the client
-    seeing it Ready. ``idle_per_task``: slot-seconds the server had a free slot while
+    seeing it Ready (``_first``: over the first 12 endings, the cold start).
+    ``idle_per_task``: slot-seconds the server had a free slot while
     work was left to submit (from the first submit to the last), per task; of which
     ``idle_unseen`` is a slot whose task had ended unseen, the rest ``idle_seen`` a slot
     seen free and not yet submitted again (the limiter, the fleet's queue, the submit).
@@ -239,6 +257,9 @@ def lag_figures(
     for trace in traces:
         seen |= trace.get("seen", {})
     lags = sorted(seen[t] - v["end_at"] for t, v in tasks.items() if t in seen)
+    # The cold start: the first CAP endings, before any process has learned much.
+    by_end = sorted((v["end_at"], t) for t, v in tasks.items() if t in seen)
+    first = [seen[t] - end for end, t in by_end[:CAP]]
     last_submit = max(v["submitted_at"] for v in tasks.values())
     moments = sorted(
         [(v["submitted_at"], 1) for v in tasks.values()]
@@ -259,6 +280,7 @@ def lag_figures(
     return {
         "detect_lag_mean": sum(lags) / max(1, len(lags)),
         "detect_lag_p90": lags[int(0.9 * (len(lags) - 1))] if lags else 0.0,
+        "detect_lag_first": sum(first) / max(1, len(first)),
         "idle_per_task": idle / len(tasks),
         "idle_unseen_per_task": unseen / len(tasks),
         "idle_seen_per_task": (idle - unseen) / len(tasks),
@@ -292,6 +314,7 @@ async def main(args: argparse.Namespace) -> None:
         ("max active seen", "max_active_seen", "d"),
         ("detection lag (s)", "detect_lag_mean", ".3f"),
         ("lag p90 (s)", "detect_lag_p90", ".3f"),
+        ("lag, first 12 (s)", "detect_lag_first", ".3f"),
         ("idle slot-s / task: unseen", "idle_unseen_per_task", ".3f"),
         ("seen, not resubmitted", "idle_seen_per_task", ".3f"),
         ("polls / task", "polls_per_task", ".2f"),
