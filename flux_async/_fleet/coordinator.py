@@ -34,6 +34,8 @@ __all__ = ["COORDINATOR_ENV", "FLEET_DOMAIN", "Coordinator", "FleetSession", "fl
 COORDINATOR_ENV: Final = "FLUX_ASYNC_COORDINATOR"
 FLEET_DOMAIN: Final = b"flux-async fleet id v1"
 _SCHEMES: Final = ("redis://", "rediss://", "unix://")
+# How many call timeouts a call may wait for its turn among the process's connections.
+_QUEUE_TIMEOUTS: Final = 10
 
 
 def fleet_id(provider: str, api_key: str) -> str:
@@ -48,8 +50,9 @@ class Coordinator:
     ``heartbeat``: seconds between a process's heartbeats; ``ttl``: seconds without one
     after which a process is dead and its tasks are adopted; ``timeout``: the bound on
     every Redis call; ``pump_interval``: seconds between looks at the shared queue while
-    this process has submits waiting for a slot; ``connections``: the most connections
-    this process opens to Redis (a call waits for a free one, within ``timeout``).
+    this process has submits waiting for a slot; ``connections``: the most calls this
+    process has in flight to Redis at once (the others wait their turn, up to ten
+    ``timeout``; the timeout counts from the turn).
     """
 
     def __init__(
@@ -120,6 +123,9 @@ class FleetSession:
         self._own_connection = False
         self._scripts: dict[str, Any] = {}
         self._tickets = 0
+        # At most ``connections`` calls at once; the rest queue here, in this process,
+        # so that waiting for a turn is never mistaken for Redis being slow.
+        self._gate = anyio.Semaphore(coordinator.connections)
 
     async def open(self) -> None:
         """Connect (lazily: nothing is sent yet, so an absent Redis does not stop us)."""
@@ -131,12 +137,13 @@ class FleetSession:
                 message = "a coordinator needs redis-py: pip install 'flux-async[redis]'"
                 raise ConfigurationError(message) from exc
             timeout = self.coordinator.timeout
-            # A bounded pool whose callers wait for a connection: hundreds of submits
-            # queueing at once must not open hundreds of connections, nor fail (the
-            # plain pool raises MaxConnectionsError past 100, which read as Redis lost).
+            # A bounded pool: hundreds of submits queueing at once must not open
+            # hundreds of connections, nor fail (the plain pool raises
+            # MaxConnectionsError past 100, which read as Redis lost). Calls are gated
+            # to ``connections`` (see _bounded); one more for the webhook subscription.
             pool = BlockingConnectionPool.from_url(
                 target,
-                max_connections=self.coordinator.connections,
+                max_connections=self.coordinator.connections + 1,
                 timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
@@ -199,20 +206,33 @@ class FleetSession:
     async def _bounded(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``call()`` within the timeout; once more on a broken pooled connection.
 
-        After Redis restarts, the pool's idle connections are dead and the first command
-        on each fails at once; every script here may run twice without harm.
+        The timeout counts from the call's turn: a crowd of calls queues for one of the
+        ``connections`` first (bounded too, by ``_QUEUE_TIMEOUTS`` timeouts: a queue
+        that does not move is Redis trouble as well). After Redis restarts, the pool's
+        idle connections are dead and the first command on each fails at once; every
+        script here may run twice without harm.
         """
         from redis.exceptions import ConnectionError as BrokenConnection
         from redis.exceptions import RedisError
 
+        timeout = self.coordinator.timeout
         try:
-            with anyio.fail_after(self.coordinator.timeout):
+            with anyio.fail_after(timeout * _QUEUE_TIMEOUTS):
+                await self._gate.acquire()
+        except TimeoutError as exc:
+            raise CoordinatorError(
+                "the fleet coordinator failed: its calls stopped moving"
+            ) from exc
+        try:
+            with anyio.fail_after(timeout):
                 try:
                     return await call()
                 except BrokenConnection:
                     return await call()
         except (RedisError, OSError, TimeoutError) as exc:
             raise CoordinatorError(f"the fleet coordinator failed: {type(exc).__name__}") from exc
+        finally:
+            self._gate.release()
 
     def __repr__(self) -> str:
         return f"FleetSession(owner={self.owner!r}, coordinator={self.coordinator!r})"
