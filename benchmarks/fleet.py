@@ -51,6 +51,19 @@ async def worker(options: dict[str, Any]) -> None:
         coordinator = Coordinator(options["redis"], heartbeat=1.0, ttl=5.0, timeout=2.0)
     out = Path(options["out"])
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
+    trace: dict[str, Any] = {"seen": {}, "polls": 0, "throughput_polls": 0}
+    regime: list[Any] = []
+
+    def hook(event: Any) -> None:
+        # What the analysis needs: when each task's end was seen, and in which regime
+        # the polls were spent.
+        kind = type(event).__name__
+        if kind == "TaskReady":
+            trace["seen"][event.task_id] = event.at
+        elif kind == "TaskPolled" and regime:
+            trace["polls"] += 1
+            trace["throughput_polls"] += regime[0]() == "throughput"
+
     async with AsyncFlux(
         api_key=FAKE_API_KEY,
         base_url=options["base_url"],
@@ -59,7 +72,12 @@ async def worker(options: dict[str, Any]) -> None:
         coordinator=coordinator,
         orphan_dir=out.parent / "orphans",
         drain_timeout=120.0,
+        event_hooks=[hook],
     ) as flux:
+        # The regime each poll was planned in (a private door, for the analysis only).
+        policy: Any = getattr(flux, "_policy", None)
+        if policy is not None and hasattr(policy, "regime"):
+            regime.append(policy.regime)
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
         done = 0
@@ -69,6 +87,7 @@ async def worker(options: dict[str, Any]) -> None:
             done += outcome.error is None
             print(f"progress {done}", flush=True)
         print(f"done {clock.monotonic()!r} {done}", flush=True)
+        print(f"trace {json.dumps(trace)}", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.read)  # stay to adopt, until told to go
         stats = flux.statistics()
         adopted = stats.orphans.saved if stats.orphans is not None else 0
@@ -151,10 +170,11 @@ async def run_variant(
         for proc in procs:
             assert proc.process.stdin is not None
             await proc.process.stdin.send(b"go\n")
-        victim_saved_at_kill = 0
+        victim_saved_at_kill, killed_at = 0, 0.0
         if kill:
             while int((procs[0].last("progress") or "progress 0").split()[1]) < PROMPTS // 3:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
+            killed_at = clock.monotonic()
             procs[0].process.send_signal(signal.SIGKILL)
             await procs[0].process.wait()
             victim_saved_at_kill = int((procs[0].last("progress") or "progress 0").split()[1])
@@ -177,6 +197,7 @@ async def run_variant(
             await proc.process.stdin.aclose()
             await proc.process.wait()
         adopted = sum(int((p.last("adopted") or "adopted 0").split()[1]) for p in alive)
+        traces = [json.loads((p.last("trace ") or "trace {}")[6:]) for p in alive]
         tg.cancel_scope.cancel()
     tasks = len(stats["tasks"])
     ideal = ideal_fifo(durations[:tasks], CAP)
@@ -192,14 +213,80 @@ async def run_variant(
         "finish_spread": (max(finishes) - min(finishes)) / max(finishes),
         "finishes": finishes,
     }
+    result |= lag_figures(stats, traces, start)
     if kill:
         result |= {
             "victim_saved_before_kill": victim_saved_at_kill,
             "victim_paid_tasks": sum(1 for p in stats["prompts"].values() if p.startswith("w0-")),
             "victim_images_saved": len(list((out / "w0").glob("*.jpeg"))),
+            "victim_orphans_saved": len(list((out / "orphans").glob("*.jpeg"))),
+            # A paid task with no image: when it was submitted, against the kill (a
+            # submit answered in the last instant before the kill has no record).
+            "victim_unsaved_submitted_before_kill": [
+                round(killed_at - v["submitted_at"], 4)
+                for t, v in stats["tasks"].items()
+                if stats["prompts"][t].startswith("w0-")
+                and not saved_as(out / "w0", stats["prompts"][t])
+            ],
             "adopted_by_survivors": adopted,
         }
     return result
+
+
+def saved_as(folder: Path, prompt: str) -> bool:
+    """Whether ``folder`` holds the image of ``prompt`` (``NAME-i``: item ``i``), whether
+    its worker saved it (``{i:05d}.jpeg``, ``generate_many``'s name) or an adopter did
+    (the name the record gave)."""
+    return (folder / f"{int(prompt.rsplit('-', 1)[1]):05d}.jpeg").exists()
+
+
+def lag_figures(
+    stats: dict[str, Any], traces: list[dict[str, Any]], start: float
+) -> dict[str, Any]:
+    """Where the makespan goes: detection lag, slot idle time, polls and their regime.
+
+    ``detect_lag``: seconds from a task's end (the server's ``end_at``) to the client
+    seeing it Ready (``_first``: over the first 12 endings, the cold start).
+    ``idle_per_task``: slot-seconds the server had a free slot while
+    work was left to submit (from the first submit to the last), per task; of which
+    ``idle_unseen`` is a slot whose task had ended unseen, the rest ``idle_seen`` a slot
+    seen free and not yet submitted again (the limiter, the fleet's queue, the submit).
+    """
+    tasks = stats["tasks"]
+    seen: dict[str, float] = {}
+    for trace in traces:
+        seen |= trace.get("seen", {})
+    lags = sorted(seen[t] - v["end_at"] for t, v in tasks.items() if t in seen)
+    # The cold start: the first CAP endings, before any process has learned much.
+    by_end = sorted((v["end_at"], t) for t, v in tasks.items() if t in seen)
+    first = [seen[t] - end for end, t in by_end[:CAP]]
+    last_submit = max(v["submitted_at"] for v in tasks.values())
+    moments = sorted(
+        [(v["submitted_at"], 1) for v in tasks.values()]
+        + [(v["end_at"], -1) for v in tasks.values()]
+    )
+    idle, active, previous = 0.0, 0, start
+    for moment, step in moments:
+        if moment > last_submit:
+            break
+        idle += max(0, CAP - active) * (moment - max(previous, start))
+        previous, active = max(moment, start), active + step
+    unseen = sum(
+        min(seen.get(t, v["end_at"]), last_submit) - v["end_at"]
+        for t, v in tasks.items()
+        if v["end_at"] < last_submit
+    )
+    polls = sum(t.get("polls", 0) for t in traces)
+    return {
+        "detect_lag_mean": sum(lags) / max(1, len(lags)),
+        "detect_lag_p90": lags[int(0.9 * (len(lags) - 1))] if lags else 0.0,
+        "detect_lag_first": sum(first) / max(1, len(first)),
+        "idle_per_task": idle / len(tasks),
+        "idle_unseen_per_task": unseen / len(tasks),
+        "idle_seen_per_task": (idle - unseen) / len(tasks),
+        "polls_per_task": sum(stats["polls_by_task"].values()) / len(tasks),
+        "throughput_poll_share": sum(t.get("throughput_polls", 0) for t in traces) / max(1, polls),
+    }
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -225,6 +312,13 @@ async def main(args: argparse.Namespace) -> None:
         ("makespan / ideal FIFO", "makespan_over_ideal", ".3f"),
         ("finish spread", "finish_spread", ".3f"),
         ("max active seen", "max_active_seen", "d"),
+        ("detection lag (s)", "detect_lag_mean", ".3f"),
+        ("lag p90 (s)", "detect_lag_p90", ".3f"),
+        ("lag, first 12 (s)", "detect_lag_first", ".3f"),
+        ("idle slot-s / task: unseen", "idle_unseen_per_task", ".3f"),
+        ("seen, not resubmitted", "idle_seen_per_task", ".3f"),
+        ("polls / task", "polls_per_task", ".2f"),
+        ("throughput polls", "throughput_poll_share", ".2f"),
     ]
     print(table([(r["variant"], r) for r in results], columns))
     for result in results:

@@ -301,7 +301,7 @@ def forget_finished(flux: TaskMethods, task_id: str) -> None:
 
     ``wait`` keeps a finished task's entry so that waiting again answers at once; a
     caller that waits for each task once and holds on to the outcome (a batch of 100 000
-    items) frees it here, or memory and ``statistics()`` grow with every task.
+    items) frees it here, or memory and ``statistics()`` grow with every task. In a fleet
+    it also drops the task's record: the caller has the result.
     """
-    if flux._scheduler is not None:
-        flux._scheduler.forget(task_id)
+    flux._forget(task_id)

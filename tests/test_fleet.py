@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -21,10 +22,13 @@ from flux_async import (
     Event,
     GeneratedImage,
     ImageSaved,
+    ManualClock,
     TaskOrphaned,
+    run_batch,
 )
 from flux_async._cli import main
-from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id
+from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id, scripts
+from flux_async._fleet.coordinator import FleetSession
 from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, ScaledClock, Simulator, SimulatorConfig
 from tests._redis import RedisServer
 
@@ -38,11 +42,9 @@ def fast_config(**changes: Any) -> SimulatorConfig:
     return SimulatorConfig(latency=latency, image_bytes=1024, **changes)
 
 
-def coordinator(url: str, **timings: float) -> Coordinator:
+def coordinator(url: str, timeout: float = 1.0) -> Coordinator:
     # Scaled seconds (SPEED x real): a 1 s real stall of a loaded machine is not a death.
-    options = {"heartbeat": 1.0, "ttl": 20.0, "timeout": 1.0, "pump_interval": 1.0}
-    options.update(timings)
-    return Coordinator(url, **options)
+    return Coordinator(url, heartbeat=1.0, ttl=20.0, timeout=timeout, pump_interval=1.0)
 
 
 @asynccontextmanager
@@ -343,3 +345,161 @@ async def test_a_429_cuts_the_window_of_the_whole_fleet(
     assert 1 <= sim.records.rejected_429 <= 6
     submitted = [r.body["prompt"] for r in sim.records.submits if r.task_id is not None]
     assert len(submitted) == len(set(submitted)) == 20
+
+
+async def test_a_submit_queued_in_another_process_puts_this_one_in_throughput(
+    redis_server: RedisServer,
+) -> None:
+    # A slot freed here goes to whichever process queued first: while any process of the
+    # fleet waits, this one's polls free slots (the throughput regime), even with no
+    # waiter of its own.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    async with fleet(sim, redis_server.url, 2, cap=1) as (a, b):
+        limiter_a, limiter_b = a._limiter, b._limiter
+        assert a._fleet is not None
+        heartbeat = a._fleet.heartbeat
+        assert heartbeat is not None
+        assert a._policy.regime() == "frugal"  # type: ignore[attr-defined]
+        with anyio.fail_after(30):  # a stuck fleet fails here instead of hanging CI
+            slot = await limiter_a.acquire("flux-2-pro")
+            async with anyio.create_task_group() as tg:
+                granted: list[Any] = []
+
+                async def queue_in_b() -> None:
+                    granted.append(await limiter_b.acquire("flux-2-pro"))
+
+                tg.start_soon(queue_in_b)
+                while limiter_b.waiting == 0:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                assert limiter_a.waiting == 0  # a has not heard of b's ticket yet
+                await heartbeat.beat()  # the beat reports the fleet's queue
+                assert limiter_a.waiting == 1
+                assert a._policy.regime() == "throughput"  # type: ignore[attr-defined]
+                slot.release()  # b's ticket is granted; the release reports the queue
+                while not granted:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            granted[0].release()
+            await heartbeat.beat()
+        assert limiter_a.waiting == limiter_b.waiting == 0
+        assert a._policy.regime() == b._policy.regime() == "frugal"  # type: ignore[attr-defined]
+
+
+async def test_a_resumed_batch_takes_what_the_fleet_saved_without_paying_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A batch stops with its tasks still generating and its process leaves (a deploy, a
+    # crash): the fleet adopts them and saves each image under its item's own name in
+    # the batch folder; the resumed batch records those files, submitting and
+    # downloading nothing again.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\na hare\na heron\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    def client(**options: Any) -> AsyncFlux:
+        return AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+            **options,
+        )
+
+    with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+        async with client(orphan_dir=tmp_path / "orphans") as survivor:
+            for _ in range(3):
+                sim.plan_next(duration=30.0)
+            async with client() as batcher:
+                stop = anyio.Event()
+                async with anyio.create_task_group() as tg:
+
+                    async def stop_once_submitted() -> None:
+                        while len(sim.records.submits) < 3:  # noqa: ASYNC110
+                            await anyio.sleep(0.01)
+                        stop.set()
+
+                    tg.start_soon(stop_once_submitted)
+                    first = await run_batch(batcher, prompts, out, stop=stop)
+            assert (first.stopped, first.ok, first.pending) == ("interrupted", 0, 3)
+            orphans = survivor.statistics().orphans
+            assert orphans is not None
+            while orphans.saved < 3:
+                await anyio.sleep(0.02)
+                orphans = survivor.statistics().orphans
+                assert orphans is not None
+            assert len(sim.records.delivery_headers) == 3
+            async with client() as resumer:
+                again = await run_batch(resumer, prompts, out)
+    assert (again.ok, again.failed, again.pending) == (3, 0, 0)
+    assert len(sim.records.submits) == 3  # nothing paid twice
+    assert len(sim.records.delivery_headers) == 3  # nor downloaded twice
+    assert sorted(p.name for p in out.glob("*.jpeg")) == sorted(
+        json.loads(line)["path"] for line in (out / "results.jsonl").read_text().splitlines()
+    )
+    assert not (tmp_path / "orphans").exists() or not any((tmp_path / "orphans").iterdir())
+
+
+async def test_a_crowd_of_submits_in_one_process_never_loses_the_coordinator(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # 150 callers queue at once (a web worker under load): each waits for one of the
+    # process's few Redis connections; none fails, so the fleet never falls back to
+    # its local share (redis-py's plain pool raised MaxConnectionsError past 100).
+    sim = Simulator(fast_config(active_limit=50), clock=ScaledClock(SPEED))
+    events: list[Event] = []
+    async with fleet(sim, redis_server.url, 1, cap=50, event_hooks=[events.append]) as (flux,):
+        with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+            async with anyio.create_task_group() as tg:
+                for n in range(150):
+                    tg.start_soon(partial(flux.generate, f"fox {n}", output_dir=tmp_path))
+        assert flux.statistics().limiter.in_flight == 0
+    assert not [e for e in events if isinstance(e, CoordinatorChanged)]
+    assert len(list(tmp_path.glob("*.jpeg"))) == 150
+    assert sim.records.rejected_429 == 0
+
+
+async def test_a_silent_process_is_granted_no_slot_before_it_is_declared_dead(
+    redis_server: RedisServer,
+) -> None:
+    # A process killed with submits queued would take every slot freed until its
+    # heartbeat expires (ttl) and hold it until adoption. Once silent for stale_ms it is
+    # skipped (its tickets keep their place); when it beats again it is served first.
+    clock = ManualClock()
+    timings = Coordinator(redis_server.url, heartbeat=1.0, ttl=10.0, timeout=5.0)
+    assert timings.stale_ms == 5000
+    alive, silent = (
+        FleetSession(timings, provider="bfl", api_key=FAKE_API_KEY, clock=clock) for _ in "ab"
+    )
+    with anyio.fail_after(30):
+        for session in (alive, silent):
+            await session.open()
+
+        async def beat(session: FleetSession) -> None:
+            await session.script(scripts.BEAT, session.owner, 10_000)
+
+        async def enqueue(session: FleetSession, ticket: str) -> None:
+            await session.script(scripts.ENQUEUE, session.owner, ticket, "flux-2-pro", 1, 0)
+
+        async def pump(session: FleetSession) -> list[str]:
+            reply = await session.script(scripts.PUMP, session.owner, 1, timings.stale_ms)
+            return [str(t) for t in reply[4:]]
+
+        try:
+            await beat(alive)
+            await beat(silent)
+            await enqueue(alive, "held")
+            assert await pump(alive) == ["held"]  # the one slot
+            await enqueue(silent, "first")
+            await enqueue(alive, "second")
+            clock.advance(6.0)  # past stale_ms, well inside ttl: silent is not dead yet
+            await beat(alive)
+            await alive.script(scripts.RELEASE, "held", 1, 1, 30_000)
+            assert await pump(alive) == ["second"]  # "first" skipped, not dropped
+            assert await pump(silent) == []
+            await alive.script(scripts.RELEASE, "second", 1, 1, 30_000)
+            await beat(silent)  # it was only slow: its ticket is next
+            assert await pump(silent) == ["first"]
+        finally:
+            for session in (alive, silent):
+                await session.aclose()

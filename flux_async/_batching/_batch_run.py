@@ -231,7 +231,10 @@ class BatchRunner:
         try:
             await self._ledger.mark_submitting(index)
             try:
-                task = await self._flux.submit(request)
+                # Built by build_request, so already valid. The destination goes to the
+                # fleet's record: a survivor adopting the task saves it under this item's
+                # name, where a resumed run finds it (``_recover``) without paying again.
+                task = await self._flux._submit(request, output=await self._dest(item, request))
             except (InsufficientCreditsError, AuthenticationError) as exc:
                 # Refused at the door: no task exists, the item simply waits for later.
                 self._costs.settle(request.model, estimate, None, billed=False)
@@ -253,6 +256,11 @@ class BatchRunner:
         self._progress.submitted += 1
         self._progress.spent = self._costs.spent
         return task
+
+    async def _dest(self, item: LedgerItem, request: BaseRequest) -> tuple[Path, str]:
+        """Return the folder and file name ``_save`` will give this item's image."""
+        stem = await item_stem(self._ledger, item, digits=self._digits)
+        return self._out, _file_name(stem, getattr(request, "output_format", None))
 
     async def _wait(self, item: LedgerItem, task: Task, *, resumed: bool) -> TaskResult | None:
         if self._interrupted:
@@ -317,9 +325,7 @@ class BatchRunner:
             stored = shown_data_url(url) if is_data_url(url) else url
             await self._ledger.mark_ready(item.index, sample_url=stored, deadline=deadline)
             stem = await item_stem(self._ledger, item, digits=self._digits)
-            if "." in stem:
-                # The downloader adds an extension only to a name without a suffix.
-                stem += extension_for(result.task.output_format, None)
+            stem = _file_name(stem, result.task.output_format)
             try:
                 # The ledger owns the folder's names: a re-download replaces its own file.
                 saved = await self._flux._save_file(result, self._out / stem, overwrite=True)
@@ -361,3 +367,12 @@ class BatchRunner:
 def _first_leaf(group: BaseExceptionGroup[LedgerFullError]) -> LedgerFullError:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _file_name(stem: str, output_format: str | None) -> str:
+    """Return the name an item's image is saved under, given its stem.
+
+    The downloader adds an extension only to a name without a suffix, so a stem with a
+    dot in it (a prompt that reads ``v1.5``) gets its extension here.
+    """
+    return stem + extension_for(output_format, None) if "." in stem else stem

@@ -34,6 +34,8 @@ __all__ = ["COORDINATOR_ENV", "FLEET_DOMAIN", "Coordinator", "FleetSession", "fl
 COORDINATOR_ENV: Final = "FLUX_ASYNC_COORDINATOR"
 FLEET_DOMAIN: Final = b"flux-async fleet id v1"
 _SCHEMES: Final = ("redis://", "rediss://", "unix://")
+# How many call timeouts a call may wait for its turn among the process's connections.
+_QUEUE_TIMEOUTS: Final = 10
 
 
 def fleet_id(provider: str, api_key: str) -> str:
@@ -48,7 +50,9 @@ class Coordinator:
     ``heartbeat``: seconds between a process's heartbeats; ``ttl``: seconds without one
     after which a process is dead and its tasks are adopted; ``timeout``: the bound on
     every Redis call; ``pump_interval``: seconds between looks at the shared queue while
-    this process has submits waiting for a slot.
+    this process has submits waiting for a slot; ``connections``: the most calls this
+    process has in flight to Redis at once (the others wait their turn, up to ten
+    ``timeout``; the timeout counts from the turn).
     """
 
     def __init__(
@@ -59,16 +63,29 @@ class Coordinator:
         ttl: float = 10.0,
         timeout: float = 2.0,
         pump_interval: float = 0.05,
+        connections: int = 16,
     ) -> None:
         if isinstance(redis, str) and not redis.startswith(_SCHEMES):
             raise ConfigurationError("coordinator must be a redis:// or rediss:// URL")
-        if not 0 < heartbeat < ttl or timeout <= 0 or pump_interval <= 0:
-            raise ConfigurationError("need 0 < heartbeat < ttl, timeout > 0, pump_interval > 0")
+        if not 0 < heartbeat < ttl or timeout <= 0 or pump_interval <= 0 or connections < 2:
+            raise ConfigurationError(
+                "need 0 < heartbeat < ttl, timeout > 0, pump_interval > 0, connections >= 2"
+            )
         self.redis = redis
         self.heartbeat = heartbeat
         self.ttl = ttl
         self.timeout = timeout
         self.pump_interval = pump_interval
+        self.connections = connections
+
+    @property
+    def stale_ms(self) -> int:
+        """Milliseconds without a heartbeat after which a process is granted no slot.
+
+        Well before ``ttl`` declares it dead (a killed process would otherwise take
+        every slot freed meanwhile), yet 2.5 heartbeats: a slow beat is not a death.
+        """
+        return int(max(2.5 * self.heartbeat, self.ttl / 2) * 1000)
 
     @classmethod
     def resolve(cls, value: str | Redis | Coordinator | None) -> Coordinator | None:
@@ -106,31 +123,41 @@ class FleetSession:
         self._own_connection = False
         self._scripts: dict[str, Any] = {}
         self._tickets = 0
+        # At most ``connections`` calls at once; the rest queue here, in this process,
+        # so that waiting for a turn is never mistaken for Redis being slow.
+        self._gate = anyio.Semaphore(coordinator.connections)
 
     async def open(self) -> None:
         """Connect (lazily: nothing is sent yet, so an absent Redis does not stop us)."""
         target = self.coordinator.redis
         if isinstance(target, str):
             try:
-                from redis.asyncio import Redis
+                from redis.asyncio import BlockingConnectionPool, Redis
             except ImportError as exc:  # pragma: no cover - depends on the installation
                 message = "a coordinator needs redis-py: pip install 'flux-async[redis]'"
                 raise ConfigurationError(message) from exc
             timeout = self.coordinator.timeout
-            self._redis = Redis.from_url(
+            # A bounded pool: hundreds of submits queueing at once must not open
+            # hundreds of connections, nor fail (the plain pool raises
+            # MaxConnectionsError past 100, which read as Redis lost). Calls are gated
+            # to ``connections`` (see _bounded); one more for the webhook subscription.
+            pool = BlockingConnectionPool.from_url(
                 target,
+                max_connections=self.coordinator.connections + 1,
+                timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 decode_responses=True,
                 retry_on_timeout=False,
             )
+            self._redis = Redis(connection_pool=pool)
             self._own_connection = True
         else:
             self._redis = target
 
     async def aclose(self) -> None:
         if self._own_connection and self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.aclose(close_connection_pool=True)  # the pool is ours too
         self._redis = None
 
     def new_ticket(self) -> str:
@@ -179,20 +206,33 @@ class FleetSession:
     async def _bounded(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``call()`` within the timeout; once more on a broken pooled connection.
 
-        After Redis restarts, the pool's idle connections are dead and the first command
-        on each fails at once; every script here may run twice without harm.
+        The timeout counts from the call's turn: a crowd of calls queues for one of the
+        ``connections`` first (bounded too, by ``_QUEUE_TIMEOUTS`` timeouts: a queue
+        that does not move is Redis trouble as well). After Redis restarts, the pool's
+        idle connections are dead and the first command on each fails at once; every
+        script here may run twice without harm.
         """
         from redis.exceptions import ConnectionError as BrokenConnection
         from redis.exceptions import RedisError
 
+        timeout = self.coordinator.timeout
         try:
-            with anyio.fail_after(self.coordinator.timeout):
+            with anyio.fail_after(timeout * _QUEUE_TIMEOUTS):
+                await self._gate.acquire()
+        except TimeoutError as exc:
+            raise CoordinatorError(
+                "the fleet coordinator failed: its calls stopped moving"
+            ) from exc
+        try:
+            with anyio.fail_after(timeout):
                 try:
                     return await call()
                 except BrokenConnection:
                     return await call()
         except (RedisError, OSError, TimeoutError) as exc:
             raise CoordinatorError(f"the fleet coordinator failed: {type(exc).__name__}") from exc
+        finally:
+            self._gate.release()
 
     def __repr__(self) -> str:
         return f"FleetSession(owner={self.owner!r}, coordinator={self.coordinator!r})"

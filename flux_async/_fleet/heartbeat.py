@@ -72,8 +72,9 @@ class Heartbeat:
                 reply = await self._session.script(
                     scripts.BEAT, self._session.owner, ttl_ms, *limiter.lease_list()
                 )
-                known, live, *dead = reply
+                known, live, queued, *dead = reply
                 self.beats += 1
+                limiter.fleet_queued = int(queued)
                 if not int(known) or not limiter.connected:
                     # Rejoining (Redis restarted, or was away): put back what we hold.
                     leases = limiter.lease_list()

@@ -89,6 +89,8 @@ class FleetLimiter(ActiveTaskLimiter):
         self._on_change = on_change
         self.fleet_window = limit
         self.fleet_in_use = 0
+        # Tickets in the fleet's queue (every process's), as the last reply said.
+        self.fleet_queued = 0
         # Until Redis answers, the share of a fleet of unknown size: one slot.
         self.set_window(1)
 
@@ -100,6 +102,20 @@ class FleetLimiter(ActiveTaskLimiter):
     def share(self) -> int:
         """Return the slots this process may hold while Redis is away."""
         return max(1, self.limit // self.fleet_size) if self.fleet_size else 1
+
+    @property
+    def waiting(self) -> int:
+        """Return the submissions waiting for a slot that this process's polls free.
+
+        In a fleet a slot this process frees goes to the head of the shared queue,
+        whichever process queued there: the polling regime must see the fleet's waiters
+        (the queue's length as the last pump, release or heartbeat saw it), not only
+        this process's. While Redis is away, the local limiter's own.
+        """
+        local = super().waiting
+        if not self.connected:
+            return local
+        return local + max(len(self._tickets), self.fleet_queued)
 
     # -- connection state ---------------------------------------------------------------
 
@@ -230,9 +246,12 @@ class FleetLimiter(ActiveTaskLimiter):
             await self._clock.sleep(interval)
 
     async def _pump_once(self) -> None:
-        reply = await self.session.script(scripts.PUMP, self.session.owner, self.limit)
-        known, used, window, *granted = reply
+        reply = await self.session.script(
+            scripts.PUMP, self.session.owner, self.limit, self.session.coordinator.stale_ms
+        )
+        known, used, window, queued, *granted = reply
         self.fleet_in_use, self.fleet_window = int(used), int(window)
+        self.fleet_queued = int(queued)
         for name in granted:
             ticket = self._tickets.pop(name, None)
             if ticket is None:
@@ -294,9 +313,10 @@ class FleetLimiter(ActiveTaskLimiter):
         if slot.refused:
             await self.session.script(scripts.REFUSED, slot.lease, self.limit)
         else:
-            await self.session.script(
+            _held, queued = await self.session.script(
                 scripts.RELEASE, slot.lease, int(ended), self.limit, self._quiet_ms
             )
+            self.fleet_queued = int(queued)
         self._wake.set()
 
     def post(self, op: Callable[..., Awaitable[object]], *args: object) -> bool:

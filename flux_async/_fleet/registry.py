@@ -168,6 +168,9 @@ class TaskRegistry:
             self._limiter.post(self._delete, task_id)
 
     async def _delete(self, task_id: str) -> None:
+        # A write still in flight on another connection could land after this delete
+        # and leave a record nobody owns (handed to a survivor at our leave): wait for it.
+        await self.written(task_id)
         prefix = self._session.prefix
         await self._session.pipeline(
             [

@@ -6,6 +6,8 @@ milliseconds (the client's one clock: expiries compare clocks of different machi
 their skew must stay well below the heartbeat ``ttl``, as NTP keeps it). The keys:
 
 - ``owners``   ZSET owner -> heartbeat expiry (ms). An owner past its expiry is dead.
+- ``beats``    HASH owner -> its last heartbeat (ms). An owner silent for longer than
+  the pump's ``stale_ms`` is *suspect*: not yet dead, but granted nothing.
 - ``leases``   HASH lease id -> ``owner \\t model``: the fleet's slots in use (its HLEN).
 - ``held:<owner>`` SET of that owner's lease ids; ``models`` HASH model -> leases.
 - ``queue``    ZSET ticket -> order (INCR ``seq``; refused submits get ``-seq``: the head);
@@ -17,9 +19,12 @@ their skew must stay well below the heartbeat ``ttl``, as NTP keeps it). The key
 - ``task:<id>`` HASH: a submitted task's record (see ``registry``); ``owned:<owner>`` SET.
 
 A ticket is granted in queue order while ``HLEN leases < window``, skipping (without
-reordering) tickets whose model is at its cap, whose owner is dead, or that wait for a
-task to end (a refused submit: ``blocked-until epoch``). Any process's pump grants for
-every process; each collects its own grants from ``granted:<owner>``.
+reordering) tickets whose model is at its cap, whose owner is suspect, or that wait for
+a task to end (a refused submit: ``blocked-until epoch``); a dead owner's tickets are
+dropped. Skipping a suspect's tickets keeps a killed process from taking the slots freed
+until its heartbeat expires (``ttl``); a live one that was only slow keeps its place.
+Any process's pump grants for every process; each collects its own grants from
+``granted:<owner>``.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ end
 # Renew the heartbeat and drop the leases Redis holds for the owner but the owner does not
 # (a release that never reached Redis), except grants not yet collected. (Leases Redis
 # lost in a restart are added back by OCCUPY when the owner rejoins.) Returns
-# {1 if the owner was known else 0, live owners, dead owner ids...}.
+# {1 if the owner was known else 0, live owners, tickets queued, dead owner ids...}.
 BEAT: Final = (
     _PRELUDE
     + r"""
@@ -110,6 +115,7 @@ local owner, ttl = ARG[2], tonumber(ARG[3])
 local now = now_ms()
 local known = redis.call('ZSCORE', P .. 'owners', owner) and 1 or 0
 redis.call('ZADD', P .. 'owners', now + ttl, owner)
+redis.call('HSET', P .. 'beats', owner, now)
 local mine = {}
 for i = 4, #ARG do mine[split(ARG[i])[1]] = true end
 local pending = {}
@@ -119,7 +125,7 @@ for _, lease in ipairs(redis.call('SMEMBERS', P .. 'held:' .. owner)) do
 end
 local dead = redis.call('ZRANGEBYSCORE', P .. 'owners', '-inf', '(' .. now, 'LIMIT', 0, 16)
 local live = redis.call('ZCOUNT', P .. 'owners', now, '+inf')
-local out = {known, live}
+local out = {known, live, redis.call('ZCARD', P .. 'queue')}
 for _, d in ipairs(dead) do table.insert(out, d) end
 return out
 """
@@ -145,6 +151,7 @@ LEAVE: Final = (
     _PRELUDE
     + r"""
 redis.call('ZADD', P .. 'owners', 0, ARG[2])
+redis.call('HDEL', P .. 'beats', ARG[2])
 return 1
 """
 )
@@ -167,14 +174,19 @@ return seq
 """
 )
 
-# ARGV: prefix, owner, configured cap. Grant tickets in order; return
-# {known owner (0/1), leases in use, window, tickets granted to this owner...}.
+# ARGV: prefix, owner, configured cap, stale_ms. Grant tickets in order; return
+# {known owner (0/1), leases in use, window, tickets still queued (every owner's),
+#  tickets granted to this owner...}.
 PUMP: Final = (
     _PRELUDE
     + r"""
-local owner, configured = ARG[2], tonumber(ARG[3])
+local owner, configured, stale = ARG[2], tonumber(ARG[3]), tonumber(ARG[4])
 local now = now_ms()
 local value = window_init(configured)
+local function suspect(o)
+  local beat = redis.call('HGET', P .. 'beats', o)
+  return beat and tonumber(beat) < now - stale
+end
 local epoch = tonumber(redis.call('HGET', P .. 'window', 'epoch'))
 local used = redis.call('HLEN', P .. 'leases')
 local tickets = redis.call('ZRANGE', P .. 'queue', 0, -1)
@@ -188,7 +200,7 @@ for _, t in ipairs(tickets) do
     if not alive(f[1], now) then
       redis.call('ZREM', P .. 'queue', t)
       redis.call('HDEL', P .. 'tickets', t)
-    elseif tonumber(f[4]) < 0 or tonumber(f[4]) < epoch then
+    elseif (tonumber(f[4]) < 0 or tonumber(f[4]) < epoch) and not suspect(f[1]) then
       local n = tonumber(redis.call('HGET', P .. 'models', f[2]) or '0')
       if n < tonumber(f[3]) then
         redis.call('ZREM', P .. 'queue', t)
@@ -202,7 +214,7 @@ for _, t in ipairs(tickets) do
 end
 local mine = redis.call('LRANGE', P .. 'granted:' .. owner, 0, -1)
 redis.call('DEL', P .. 'granted:' .. owner)
-local out = {alive(owner, now) and 1 or 0, used, value}
+local out = {alive(owner, now) and 1 or 0, used, value, redis.call('ZCARD', P .. 'queue')}
 for _, t in ipairs(mine) do table.insert(out, t) end
 return out
 """
@@ -229,7 +241,7 @@ return 1
 )
 
 # ARGV: prefix, lease, ended (1: the task ended: evidence for the window), configured,
-# quiet_ms. Give a lease back; returns 1 if it was held.
+# quiet_ms. Give a lease back; returns {1 if it was held else 0, tickets queued}.
 RELEASE: Final = (
     _PRELUDE
     + r"""
@@ -239,7 +251,7 @@ if held and ended == '1' then
   redis.call('HINCRBY', P .. 'window', 'epoch', 1)
   new_generation(tonumber(ARG[4]), tonumber(ARG[5]), now_ms())
 end
-return held and 1 or 0
+return {held and 1 or 0, redis.call('ZCARD', P .. 'queue')}
 """
 )
 
@@ -287,6 +299,7 @@ local now = now_ms()
 local exp = redis.call('ZSCORE', P .. 'owners', dead)
 if (not exp) or tonumber(exp) >= now then return {} end
 redis.call('ZREM', P .. 'owners', dead)
+redis.call('HDEL', P .. 'beats', dead)
 local bound = {}
 local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', P .. 'owned:' .. dead)) do
