@@ -6,7 +6,7 @@ Points: each client's figures from a ``polling.py --json`` run (loopback simulat
 computed offline with ``simulate_schedule`` on 1000 lognormal(median 3 s, sigma 0.5) times
 with the distribution known: a fixed interval swept from 0.25 s to 2 s; the hazard-shaped
 schedule with its rate swept; the same with a two-decimal linear progress, once learned;
-and one curve per polling regime (``_regime``: the paced schedule with its rate swept,
+and one curve per polling regime (``_regime``: one task's schedule alone, no budget, its rate swept,
 without progress), each with a ring on the rate the client uses in that regime.
 A hand-written SVG (no plotting library); ``--out`` defaults to
 ``docs/img/polls_vs_lag.svg``.
@@ -128,7 +128,7 @@ def svg(rows: list[tuple[str, dict[str, float]]], title: str) -> str:
         ("fixed interval (offline)", fixed, "#999", "4 3"),
         ("hazard, rate swept (offline)", hazard, "#555", ""),
         ("hazard + learned progress (offline)", informed, "#2ca02c", "2 2"),
-        ("throughput regime, paced (offline)", regimes["throughput"][0], "#d62728", "6 2"),
+        ("throughput regime, alone (offline)", regimes["throughput"][0], "#d62728", "6 2"),
         ("frugal regime, klein 1 s / max 6 s mix", regimes["frugal"][0], "#1f77b4", "6 2"),
     ):
         path = " ".join(f"{x_of(p):.1f},{y_of(lag):.1f}" for p, lag in points)

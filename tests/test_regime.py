@@ -10,6 +10,7 @@ import pytest
 
 from flux_async import AsyncFlux, ManualClock
 from flux_async._engine._scheduler import Scheduler
+from flux_async._polling._budget import RateBudget
 from flux_async._polling._hazard import HazardPolicy, catalog_prior
 from flux_async._polling._latency import LatencyModel
 from flux_async._polling._policy import (
@@ -25,7 +26,6 @@ from flux_async._polling._regime import (
     Regime,
     RegimePolicy,
     choose_regime,
-    paced,
     regime_policy,
 )
 from flux_async._request._models import PollReply, Task
@@ -84,16 +84,25 @@ def test_a_backlog_tightens_the_next_poll_and_its_end_relaxes_it() -> None:
     assert policy.regime() == "frugal"
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize(("median", "sigma"), [(3.0, 0.5), (2.0, 0.4), (6.0, 0.4)])
-def test_throughput_polls_less_than_the_half_second_loop_and_sees_sooner(
+async def test_throughput_under_the_budget_sees_sooner_than_the_loop(
     median: float, sigma: float
 ) -> None:
+    # Alone, the throughput regime asks for more polls than the loop; the budget (the
+    # loop's rate per pending task) bounds them and the choice by value places them.
     rng = random.Random(7)
-    times = [rng.lognormvariate(math.log(median), sigma) for _ in range(400)]
-    naive = simulate_schedule(FixedIntervalPolicy(0.5), times, 0.005)
-    busy = simulate_schedule(RegimePolicy(known(median, sigma), mode="throughput"), times, 0.005)
-    assert busy.polls_per_task <= naive.polls_per_task
-    assert busy.mean_lag < naive.mean_lag
+    times = [rng.lognormvariate(math.log(median), sigma) for _ in range(24)]
+    alone = simulate_schedule(RegimePolicy(known(median, sigma), mode="throughput"), times)
+    loop_lag, loop_polls = await one_round(FixedIntervalPolicy(0.5), times)
+    assert alone.polls_per_task > loop_polls
+    policy = RegimePolicy(known(median, sigma), mode="throughput")
+    budget = RateBudget(per_task=2.0)  # the client's
+    lag, polls = await one_round(policy, times, budget=budget)
+    assert lag < loop_lag
+    # No per-task pace any more: in one round, the loop's rate over each task's life
+    # plus the budget's starting bucket (2 x 2 polls per task) at most.
+    assert polls <= loop_polls + 2.0 * 2.0
 
 
 def test_frugal_spends_under_half_the_loop_polls_on_the_mix() -> None:
@@ -148,40 +157,45 @@ def test_a_cold_key_starts_with_a_wider_prior_than_the_catalog() -> None:
     assert cold < warm
 
 
-def test_the_first_polls_of_a_cold_key_are_staggered_then_paced() -> None:
+def test_the_first_polls_of_a_cold_key_are_staggered() -> None:
     policy = RegimePolicy(LatencyModel(lambda _key: (10.0, 0.5)), mode="throughput")
     firsts = [policy.first_delay(PollState(KEY, submitted_at=0.0), 0.0) for _ in range(4)]
     assert firsts[0] < firsts[2] < firsts[1] == firsts[3]
-    quick = RegimePolicy(LatencyModel(lambda _key: (0.2, 0.5)), mode="throughput", loop_bank=0)
-    # A 0.2 s guess, yet the first poll is not before the 0.5 s loop's.
-    assert quick.first_delay(PollState(KEY, submitted_at=0.0), 0.0) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
-    ("delay", "polls", "elapsed", "paced_delay"),
+    ("seen", "now", "value"),
     [
-        (0.1, 0, 0.0, 0.5),  # first poll: not before 0.5 s
-        (0.9, 0, 0.0, 0.9),
-        (0.15, 3, 1.9, 0.15),  # 4th poll at 2.05 s >= 2.0 s
-        (0.05, 3, 1.9, 0.1),  # 4th poll pushed to 2.0 s
-        (0.2, 1, 5.0, 0.2),  # late in a long task the pace never binds
+        # lognormal(median 3 s, sigma 0.5); value = 1 - S(now) / S(seen)
+        (None, 0.0, 0.0),  # just submitted: nothing can have ended
+        (None, 3.0, 0.5),  # never polled, at the median: a coin toss
+        (3.0, 3.0, 0.0),  # seen pending this instant
+        (1.0, 1.5, 0.0698),  # early in its life: unlikely
+        (3.0, 3.5, 0.2421),  # around the median, the same half second: 3.5 x likelier
+        (6.0, 6.5, 0.2635),  # past it, likelier still (sigma 0.5: the hazard still rises)
+        (None, 1e6, 1.0),  # far past anything the model expects
     ],
 )
-def test_the_pace_never_outruns_the_half_second_loop(
-    delay: float, polls: int, elapsed: float, paced_delay: float
+def test_a_poll_is_worth_the_chance_the_task_ended_since_last_seen(
+    seen: float | None, now: float, value: float
 ) -> None:
-    assert paced(delay, polls, elapsed, 0.5) == pytest.approx(paced_delay)
-    # A bank of 2 lets the 4th poll come as early as the 2nd of the loop (1.0 s).
-    assert paced(delay, polls, elapsed, 0.5, bank=2) == pytest.approx(
-        max(delay, (polls - 1) * 0.5 - elapsed)
-    )
+    policy = RegimePolicy(known(3.0, 0.5), mode="throughput")
+    policy.model.observe(KEY, 3.0)  # warm: the known lognormal, not the cold one
+    state = PollState(KEY, submitted_at=10.0)
+    if seen is not None:
+        state.record(10.0 + seen, None)
+    assert policy.poll_value(state, 10.0 + now) == pytest.approx(value, abs=5e-4)
 
 
-async def one_round(policy: PollPolicy, durations: list[float]) -> tuple[float, float]:
+async def one_round(
+    policy: PollPolicy, durations: list[float], budget: RateBudget | None = None
+) -> tuple[float, float]:
     """Run tasks submitted together through a Scheduler; return (mean lag, polls per task)."""
     clock = ManualClock()
     server = FakeServer(clock)
-    sched = Scheduler(server.poll, clock=clock, policy=policy, max_concurrent_polls=64)
+    sched = Scheduler(
+        server.poll, clock=clock, policy=policy, max_concurrent_polls=64, budget=budget
+    )
     tasks = [server.task(f"t{i}", plain_after(d, f"t{i}")) for i, d in enumerate(durations)]
     lags: list[float] = []
     async with anyio.create_task_group() as tg:

@@ -9,7 +9,7 @@ calls its ``on_terminal`` callback then.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,7 +28,7 @@ from .._errors import (
 from .._polling._policy import PollState
 from .._request._models import PollReply, SampleResult, Task, TaskResult
 
-__all__ = ["PollEntry", "PollVerdict", "SchedulerStatistics"]
+__all__ = ["PollEntry", "PollVerdict", "SchedulerStatistics", "most_valuable_due"]
 
 logger = logging.getLogger("flux_async")
 
@@ -125,3 +125,36 @@ class PollEntry:
             ready_at=now,
             reply=reply,
         )
+
+
+# How far the scheduler looks for a more valuable due poll: at most this many live due
+# entries, among at most ``CHOICE_SCAN`` heap slots (stale items of re-planned or chosen
+# entries sit there too): a bounded cost per poll however many tasks are pending.
+CHOICE_REACH = 64
+CHOICE_SCAN = 512
+
+
+def most_valuable_due(
+    heap: Sequence[tuple[float, int, PollEntry]],
+    now: float,
+    value: Callable[[PollState, float], float],
+    reach: int = CHOICE_REACH,
+) -> PollEntry | None:
+    """Return the entry whose poll is worth most among the live items of ``heap`` due by
+    ``now`` (the first ``reach`` of them in heap order, within its first
+    :data:`CHOICE_SCAN` slots): one past its deadline first, else the highest
+    ``value(state, now)`` (the earlier heap slot on a tie). None when fewer than two are
+    due: the heap's order stands.
+    """
+    due: list[PollEntry] = []
+    for at, seq, entry in heap[:CHOICE_SCAN]:
+        if at <= now and seq == entry.seq and entry.outcome is None:
+            due.append(entry)
+            if len(due) == reach:
+                break
+    if len(due) < 2:
+        return None
+    for entry in due:
+        if now >= entry.deadline:
+            return entry
+    return max(due, key=lambda entry: value(entry.state, now))

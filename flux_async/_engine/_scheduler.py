@@ -5,7 +5,8 @@ shape of aiolimiter's ``_wake_next``): no sleeping coroutine per task. When an e
 due, the loop takes a poll slot (at most ``max_concurrent_polls`` requests in flight) and
 a token of the :class:`RateBudget` (on average one status request per pending task per
 second, bursts up to twice that; when none is left the same timer is armed for the next
-token), and runs one short poll job in its own task group; the job reads the reply and
+token; when several entries are due, the one the policy values most goes first), and
+runs one short poll job in its own task group; the job reads the reply and
 either resolves the entry or pushes it back with its next due time from the
 :class:`PollPolicy`.
 
@@ -40,7 +41,7 @@ from .._polling._budget import RateBudget
 from .._polling._policy import PollPolicy, PollState
 from .._request._models import PollReply, Status, Task, TaskResult
 from .._request._replies import failure_for, not_found, ready_without_sample, unknown_status
-from ._poll_entry import PollEntry, SchedulerStatistics
+from ._poll_entry import PollEntry, SchedulerStatistics, most_valuable_due
 
 __all__ = ["PollFn", "Scheduler", "SchedulerStatistics"]
 
@@ -209,13 +210,22 @@ class Scheduler:
                         self._throttled += 1
                         await self._clock.sleep(max(wait, _MIN_BUDGET_WAIT))
                         continue
-                    heapq.heappop(self._heap)
+                    entry = self._take_due(entry, now)
                     entry.seq = -1  # not queued while its poll is out
                     self._budget.take(now, self._pending)
                     self._in_flight += 1
                     jobs.start_soon(self._poll_job, entry)
         finally:
             self._running = False
+
+    def _take_due(self, root: PollEntry, now: float) -> PollEntry:
+        # Several polls due (the budget holds them back): the token goes to the task most
+        # likely ended since last seen (``poll_value``); a chosen item left queued is stale.
+        value = getattr(self._policy, "poll_value", None)
+        choice = most_valuable_due(self._heap, now, value) if value is not None else None
+        if choice is None or choice is root:
+            heapq.heappop(self._heap)
+        return choice or root
 
     async def _next_due(self) -> PollEntry:
         while True:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from .._request._catalog import MODELS
-from ._latency import LatencyModel, lognormal_hazard
+from ._latency import LatencyModel, lognormal_hazard, lognormal_survival
 from ._policy import PollState
 from ._progress import ProgressModel, progress_estimate
 
@@ -198,6 +198,19 @@ class HazardPolicy:
         params = self._task_params(state, previous)
         rate, _ = self._settings(state.key)
         return self._delay(elapsed, elapsed, params, self.cap, 1.0, rate)
+
+    def poll_value(self, state: PollState, now: float) -> float:
+        """Return the chance that the task ended since it was last seen pending (or since
+        submit, before its first poll), under its current lognormal: what a poll sent
+        ``now`` is worth. The scheduler spends a scarce poll on the due task where it is
+        highest.
+        """
+        mu, sigma = self._task_params(state, None)
+        seen = 0.0 if state.last_poll_at is None else state.last_poll_at - state.submitted_at
+        alive = lognormal_survival(seen, mu, sigma)
+        if alive <= 0.0:  # far past anything the model expects: surely worth a look
+            return 1.0
+        return 1.0 - lognormal_survival(now - state.submitted_at, mu, sigma) / alive
 
     def observe_completion(
         self,

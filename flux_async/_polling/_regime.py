@@ -8,10 +8,16 @@ sooner). When slots are spare, lag costs only the caller's wait, so polls are sp
 sparingly (``"frugal"``). :func:`choose_regime` makes that call per moment;
 :class:`RegimePolicy` asks it at every poll it schedules.
 
-Pace: whatever the regime, a task's k-th poll never comes before
-``(k - loop_bank) * loop_interval`` seconds after its submit: by any moment, at most
-one poll more than BFL's 0.5 s loop would have made (in all, on lognormal times of a
-few seconds, fewer; on ~1 s times the throughput regime may spend that one more).
+Pace: no per-task pace against BFL's 0.5 s loop (until issue 10's third pass a task's
+k-th poll never came before ``(k - 1) * 0.5`` s after its submit). What bounds the
+polls instead: the per-task ``floor`` (no two polls of one task closer than 0.15 s)
+and the scheduler's budget, two polls per pending task per second (the same loop's
+rate, so on average no more polls per task than the loop). The throughput regime asks
+for polls at a rate above what that budget grants, and the scheduler spends each scarce
+poll on the due task most likely to have ended since it was last seen
+(:meth:`HazardPolicy.poll_value`): lag is lost throughput whichever of the slots' tasks
+it delays, so polls move from tasks whose end is unlikely yet (early in their life) to
+the ones around their likely end.
 
 Cold start: a key with no completion yet runs on the catalog's guess, widened to
 ``cold_sigma``; its tasks' first polls are staggered (:data:`SCOUT_MASSES`), so a
@@ -56,9 +62,11 @@ class RegimeSettings:
     first_mass: float
 
 
-# On lognormal(median 3 s, sigma 0.5) times, distribution known, paced: about 6.8 polls
-# per task at 0.21 s mean lag (the 0.5 s loop: 7.3 polls at 0.26 s), 5 ms round trips.
-THROUGHPUT: Final = RegimeSettings(rate=4.4, first_mass=1.2)
+# Above what the budget grants on lognormal(median 3 s, sigma 0.5) times (known and
+# alone, about 9.7 polls per task at 0.13 s): the budget, not this rate, sets the spend,
+# and the scheduler's choice by poll value where it goes (rates 6.5 to 50 give the same
+# cap-bound makespan within 0.001, see docs/benchmarks.md).
+THROUGHPUT: Final = RegimeSettings(rate=6.5, first_mass=1.2)
 # About 0.39 x the 0.5 s loop's polls at 0.36 s mean lag on a klein 1 s / max 6 s mix
 # (sigma 0.4), distributions known; learned from the catalog in one round, about 0.48 x
 # at 0.33 s.
@@ -67,14 +75,6 @@ FRUGAL: Final = RegimeSettings(rate=2.0, first_mass=1.2)
 
 # The first polls of a key with no completion: fractions of ``first_mass``, in turn.
 SCOUT_MASSES: Final = (0.3, 1.0, 0.6, 1.0)
-
-
-def paced(delay: float, polls: int, elapsed: float, interval: float, bank: int = 0) -> float:
-    """Return ``delay`` pushed back so that poll ``polls + 1`` is not before
-    ``(polls + 1 - bank) * interval`` seconds after submit (``elapsed`` have passed):
-    never more than ``bank`` polls ahead of a loop polling every ``interval``.
-    """
-    return max(delay, (polls + 1 - bank) * interval - elapsed)
 
 
 def choose_regime(mode: PollingMode, waiting: int) -> Regime:
@@ -108,8 +108,6 @@ class RegimePolicy(HazardPolicy):
         frugal: RegimeSettings = FRUGAL,
         cold_count: int = 8,
         cold_sigma: float = 0.5,
-        loop_interval: float = 0.5,
-        loop_bank: int = 1,
     ) -> None:
         choose_regime(mode, 0)  # validate early
         super().__init__(model, rate=frugal.rate, first_mass=frugal.first_mass)
@@ -118,8 +116,6 @@ class RegimePolicy(HazardPolicy):
         self._settings_by_regime = {"throughput": throughput, "frugal": frugal}
         self.cold_count = cold_count
         self.cold_sigma = cold_sigma
-        self.loop_interval = loop_interval
-        self.loop_bank = loop_bank
         self._scouts: dict[str, int] = {}
 
     def regime(self) -> Regime:
@@ -157,14 +153,7 @@ class RegimePolicy(HazardPolicy):
             rate, first_mass = self._settings(state.key)
             mass = first_mass * SCOUT_MASSES[turn % len(SCOUT_MASSES)]
             delay = self._delay(elapsed, 0.0, params, self.first_cap, mass, rate)
-        return paced(delay, state.polls, elapsed, self.loop_interval, self.loop_bank)
-
-    def next_delay(self, state: PollState, now: float, *, progress: float | None) -> float:
-        """Record the Pending reply and return the wait until the next poll (paced)."""
-        delay = super().next_delay(state, now, progress=progress)
-        return paced(
-            delay, state.polls, now - state.submitted_at, self.loop_interval, self.loop_bank
-        )
+        return delay
 
     def replan_delay(self, state: PollState, now: float) -> float | None:
         """Return seconds from ``now`` to this pending task's next poll, re-planned with
@@ -184,13 +173,7 @@ class RegimePolicy(HazardPolicy):
         floor = self.floor
         if state.last_poll_at is not None:
             floor -= now - state.last_poll_at  # the floor counts from the last poll
-        return paced(
-            max(target - elapsed, floor, 0.0),
-            state.polls,
-            elapsed,
-            self.loop_interval,
-            self.loop_bank,
-        )
+        return max(target - elapsed, floor, 0.0)
 
     def __repr__(self) -> str:
         return f"RegimePolicy(mode={self.mode!r}, model={self.model!r})"
