@@ -26,6 +26,7 @@ from flux_async import (
     TaskOrphaned,
     run_batch,
 )
+from flux_async._batching._ledger import Ledger
 from flux_async._cli import main
 from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id, scripts
 from flux_async._fleet.coordinator import FleetSession
@@ -438,6 +439,57 @@ async def test_a_resumed_batch_takes_what_the_fleet_saved_without_paying_again(
         json.loads(line)["path"] for line in (out / "results.jsonl").read_text().splitlines()
     )
     assert not (tmp_path / "orphans").exists() or not any((tmp_path / "orphans").iterdir())
+
+
+async def test_a_resumed_batch_takes_an_interrupted_submits_image_the_fleet_saved(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # The batch's process stopped between a submit's answer and the ledger's "submitted":
+    # the item is left "submitting", with no task id. Its fleet record named the item's
+    # file, so the survivor that adopted the task saved the image there; the resume
+    # records it instead of reporting a possibly billed submit, and pays nothing again.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    def client(**options: Any) -> AsyncFlux:
+        return AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+            **options,
+        )
+
+    with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+        stopped = anyio.Event()
+        stopped.set()
+        async with client() as batcher:
+            await run_batch(batcher, prompts, out, stop=stopped)  # the ledger, nothing paid
+        assert not sim.records.submits
+        async with await Ledger.open(out, run_config={}) as ledger:
+            await ledger.mark_submitting(0)
+        async with client(orphan_dir=tmp_path / "orphans") as survivor:
+            sim.plan_next(duration=30.0)
+            async with client() as batcher:
+                # As the batch runner submits: with the item's file name for the record.
+                request = batcher.build_request("a fox", model="flux-2-pro")
+                await batcher._submit(request, output=(out, "00000-a-fox"))
+            orphans = survivor.statistics().orphans
+            assert orphans is not None
+            while orphans.saved < 1:
+                await anyio.sleep(0.02)
+                orphans = survivor.statistics().orphans
+                assert orphans is not None
+        async with client() as resumer:
+            again = await run_batch(resumer, prompts, out)
+    assert (again.ok, again.failed, again.possibly_billed) == (1, 0, 0)
+    assert len(sim.records.submits) == 1  # nothing paid twice
+    assert len(sim.records.delivery_headers) == 1  # nor downloaded twice
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert (row["status"], row["path"]) == ("ok", "00000-a-fox.jpeg")
 
 
 async def test_a_crowd_of_submits_in_one_process_never_loses_the_coordinator(
