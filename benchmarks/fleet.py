@@ -233,6 +233,10 @@ async def run_variant(
                 paid = sum(1 for p in stats["prompts"].values() if p.startswith("w0-"))
                 if len(list((out / "w0").glob("*.jpeg"))) >= paid:
                     break
+                # A record stays in Redis until its image is saved: with none left, a
+                # missing image was never recorded and is not coming.
+                if redis and not await leftover_records(redis):
+                    break
                 await anyio.sleep(0.2)
         for proc in alive:
             assert proc.process.stdin is not None

@@ -30,6 +30,9 @@ from flux_async._batching._ledger import Ledger
 from flux_async._cli import main
 from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id, scripts
 from flux_async._fleet.coordinator import FleetSession
+from flux_async._fleet.limiter import FleetLimiter
+from flux_async._fleet.registry import TaskRegistry
+from flux_async._request._models import Task
 from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, ScaledClock, Simulator, SimulatorConfig
 from tests._redis import RedisServer
 
@@ -555,3 +558,36 @@ async def test_a_silent_process_is_granted_no_slot_before_it_is_declared_dead(
         finally:
             for session in (alive, silent):
                 await session.aclose()
+
+
+async def test_a_task_record_is_written_while_every_other_redis_call_waits(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A paid task is lost if its process dies before its record lands, so the write
+    # takes one of the connections kept for records, never a turn behind the process's
+    # other calls: here every general connection is held (a crowd of submits queueing)
+    # and the record still reaches Redis.
+    clock = ManualClock()
+    timings = Coordinator(redis_server.url, timeout=0.2, connections=2)
+    session = FleetSession(timings, provider="bfl", api_key=FAKE_API_KEY, clock=clock)
+    limiter = FleetLimiter(4, session, clock=clock)
+    registry = TaskRegistry(session, limiter, clock=clock, task_timeout=600.0)
+    await session.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            limiter.bind(tg)
+            crowd = session._gate
+            for _ in range(timings.connections):
+                await crowd.acquire()  # every general connection busy
+            task = Task(id="task-1", polling_url=None, model="flux-2-pro", provider="bfl")
+            registry.register(task, None, tmp_path / "00001")
+            await registry.written("task-1")
+            for _ in range(timings.connections):
+                crowd.release()
+            tg.cancel_scope.cancel()
+        reader = Redis.from_url(redis_server.url, decode_responses=True)
+        record = await reader.hgetall(session.prefix + "task:task-1")
+        await reader.aclose()
+    finally:
+        await session.aclose()
+    assert (record["owner"], record["dest"]) == (session.owner, str(tmp_path / "00001"))
