@@ -328,9 +328,10 @@ def record_window(
     then one MULTI/EXEC).
     """
     reply, write = [], []
-    for ids, writes in zip(known, recorded, strict=True):
+    for index, (ids, writes) in enumerate(zip(known, recorded, strict=True)):
         for t, at in ids.items():
-            if t in stats["tasks"] and t in writes:
+            # Only the worker's own submits: an adopted task is "known" at its adoption.
+            if stats["prompts"].get(t, "").startswith(f"w{index}-") and t in writes:
                 reply.append(at - stats["tasks"][t]["submitted_at"])
                 write.append(writes[t] - at)
     reply.sort()

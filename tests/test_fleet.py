@@ -11,6 +11,7 @@ from typing import Any
 from unittest.mock import ANY
 
 import anyio
+import anyio.abc
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
@@ -591,3 +592,63 @@ async def test_a_task_record_is_written_while_every_other_redis_call_waits(
     finally:
         await session.aclose()
     assert (record["owner"], record["dest"]) == (session.owner, str(tmp_path / "00001"))
+
+
+async def test_a_survivor_closing_before_it_saved_an_adopted_task_hands_it_on(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A survivor shut down (drain 0) while a task it adopted is still generating does
+    # not drop the task's record: its leave hands the task on, and a third process
+    # saves the image where the first one meant it to go. Nothing is paid twice.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+
+    def client(**options: Any) -> AsyncFlux:
+        return AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+            **options,
+        )
+
+    def adopted(flux: AsyncFlux) -> int:
+        orphans = flux.statistics().orphans
+        return orphans.adopted if orphans is not None else 0
+
+    def saved(flux: AsyncFlux) -> int:
+        orphans = flux.statistics().orphans
+        return orphans.saved if orphans is not None else 0
+
+    # The adopter runs in a task of its own, so that it can close while the others run.
+    close_adopter, adopter_closed = anyio.Event(), anyio.Event()
+    adopters: list[AsyncFlux] = []
+
+    async def adopter_process(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with client(orphan_dir=tmp_path / "orphans") as flux:  # closes with drain 0
+            adopters.append(flux)
+            task_status.started()
+            await close_adopter.wait()
+        adopter_closed.set()
+
+    with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+        async with anyio.create_task_group() as tg:
+            await tg.start(adopter_process)
+            (adopter,) = adopters
+            sim.plan_next(duration=1e6)  # ends when the test says so (below)
+            async with client() as first:
+                request = first.build_request("a fox", model="flux-2-pro")
+                task = await first._submit(request, output=(tmp_path, "fox"))
+            while not adopted(adopter):  # noqa: ASYNC110 - counters, no event to wait on
+                await anyio.sleep(0.02)
+            async with client(orphan_dir=tmp_path / "orphans") as last:
+                close_adopter.set()
+                await adopter_closed.wait()
+                # Only now does the task end: the adopter never had its image.
+                running = sim.task(task.id)
+                running.duration = sim.clock.monotonic() - running.submitted_at
+                while saved(last) < 1:  # noqa: ASYNC110 - counters, no event to wait on
+                    await anyio.sleep(0.02)
+    assert (tmp_path / "fox.jpeg").is_file()  # saved by the last process only
+    assert not (tmp_path / "orphans").exists() or not any((tmp_path / "orphans").iterdir())
+    assert len(sim.records.submits) == 1
