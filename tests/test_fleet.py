@@ -652,3 +652,37 @@ async def test_a_survivor_closing_before_it_saved_an_adopted_task_hands_it_on(
     assert (tmp_path / "fox.jpeg").is_file()  # saved by the last process only
     assert not (tmp_path / "orphans").exists() or not any((tmp_path / "orphans").iterdir())
     assert len(sim.records.submits) == 1
+
+
+async def test_a_process_adopts_a_dead_ones_task_while_it_is_still_opening(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A worker starting while the fleet holds a dead process's task adopts it in its
+    # first heartbeat, before its own opening is done: it must see the task through,
+    # not fail to open ("the client is unopened").
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+
+    def client(**options: Any) -> AsyncFlux:
+        return AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+            **options,
+        )
+
+    with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+        sim.plan_next(duration=1e6)  # ends when the test says so (below)
+        async with client() as first:  # leaves alone: nobody adopts yet
+            request = first.build_request("a fox", model="flux-2-pro")
+            task = await first._submit(request, output=(tmp_path, "fox"))
+        async with client(orphan_dir=tmp_path / "orphans") as starter:
+            running = sim.task(task.id)
+            running.duration = sim.clock.monotonic() - running.submitted_at
+            orphans = starter.statistics().orphans
+            while orphans is None or orphans.saved < 1:
+                await anyio.sleep(0.02)
+                orphans = starter.statistics().orphans
+    assert (tmp_path / "fox.jpeg").is_file()
+    assert len(sim.records.submits) == 1

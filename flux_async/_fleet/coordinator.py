@@ -36,9 +36,6 @@ FLEET_DOMAIN: Final = b"flux-async fleet id v1"
 _SCHEMES: Final = ("redis://", "rediss://", "unix://")
 # How many call timeouts a call may wait for its turn among the process's connections.
 _QUEUE_TIMEOUTS: Final = 10
-# Connections kept for task records, beside ``connections``: a record's write must not
-# queue behind the process's other calls (a kill before it lands loses a paid task).
-RECORD_LANES: Final = 2
 
 
 def fleet_id(provider: str, api_key: str) -> str:
@@ -129,7 +126,9 @@ class FleetSession:
         # At most ``connections`` calls at once; the rest queue here, in this process,
         # so that waiting for a turn is never mistaken for Redis being slow.
         self._gate = anyio.Semaphore(coordinator.connections)
-        self._record_gate = anyio.Semaphore(RECORD_LANES)
+        # As many again for task records: a record's write must not queue behind the
+        # process's other calls (a kill before it is sent loses a paid task).
+        self._record_gate = anyio.Semaphore(coordinator.connections)
 
     async def open(self) -> None:
         """Connect (lazily: nothing is sent yet, so an absent Redis does not stop us)."""
@@ -144,11 +143,11 @@ class FleetSession:
             # A bounded pool: hundreds of submits queueing at once must not open
             # hundreds of connections, nor fail (the plain pool raises
             # MaxConnectionsError past 100, which read as Redis lost). Calls are gated
-            # to ``connections`` (see _bounded); one more for the webhook subscription,
-            # and RECORD_LANES for task records.
+            # to ``connections`` (see _bounded), task records' writes to as many again;
+            # one more for the webhook subscription.
             pool = BlockingConnectionPool.from_url(
                 target,
-                max_connections=self.coordinator.connections + 1 + RECORD_LANES,
+                max_connections=2 * self.coordinator.connections + 1,
                 timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
@@ -189,7 +188,7 @@ class FleetSession:
         """Run ``commands`` in one MULTI/EXEC transaction, bounded.
 
         ``record``: a task record's write, which takes its turn among the connections
-        kept for records (``RECORD_LANES``), not behind the process's other calls.
+        kept for records (``connections`` more), not behind the process's other calls.
         """
         client = self._client()
 

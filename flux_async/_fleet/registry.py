@@ -10,7 +10,8 @@ and sees each task to its end. The key never enters a record; a record expires o
 A submit returns once its record is written (or the write failed: bounded by the
 coordinator's timeout, and then the heartbeat re-publishes it when Redis is back). The
 write starts in the submit's own task as soon as the answer is parsed, on a connection
-kept for records (``coordinator.RECORD_LANES``), never behind the process's other calls.
+kept for records (``FleetSession.pipeline(record=True)``), never behind the process's
+other calls.
 The gap left: a process killed between the server creating the task and that write
 landing (the answer in flight, then one MULTI/EXEC round trip; ``benchmarks/fleet.py``
 measures both) loses the task's record. BFL has no idempotency key and no way to list an
@@ -196,15 +197,18 @@ class TaskRegistry:
         # A write still in flight on another connection could land after this delete
         # and leave a record nobody owns (handed to a survivor at our leave): wait for it.
         event = self._written.get(task_id)
-        if event is not None:
-            await event.wait()
-        prefix = self._session.prefix
-        await self._session.pipeline(
-            [
-                ["DEL", prefix + "task:" + task_id],
-                ["SREM", prefix + "owned:" + self._session.owner, task_id],
-            ]
-        )
+        # Shielded: a close right after a save must not cancel the delete, or the record
+        # outlives the image and the next process adopts and saves it again.
+        with anyio.CancelScope(shield=True):
+            if event is not None:
+                await event.wait()
+            prefix = self._session.prefix
+            await self._session.pipeline(
+                [
+                    ["DEL", prefix + "task:" + task_id],
+                    ["SREM", prefix + "owned:" + self._session.owner, task_id],
+                ]
+            )
 
     async def republish(self) -> None:
         """Re-create the records Redis lost (it restarted); leave others' adoptions alone."""
