@@ -13,8 +13,8 @@ write starts in the submit's own task as soon as the answer is parsed, on a conn
 kept for records (``FleetSession.pipeline(record=True)``), never behind the process's
 other calls.
 The gap left: a process killed between the server creating the task and that write
-landing (the answer in flight, then one MULTI/EXEC round trip; ``benchmarks/fleet.py``
-measures both) loses the task's record. BFL has no idempotency key and no way to list an
+being sent (the answer in flight, then a few event-loop turns; ``benchmarks/fleet.py``
+measures the window) loses the task's record. BFL has no idempotency key and no way to list an
 account's tasks, so nobody can find such a task again.
 """
 
@@ -170,7 +170,8 @@ class TaskRegistry:
                 await self._write_now(record)
         finally:
             self._writing.discard(task_id)
-            del self._written[task_id]
+            if self._written.get(task_id) is event:  # not a later registration's
+                del self._written[task_id]
             event.set()
 
     async def _write_now(self, record: dict[str, str]) -> None:
