@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -53,13 +54,31 @@ async def worker(options: dict[str, Any]) -> None:
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
     trace: dict[str, Any] = {"seen": {}, "polls": 0, "throughput_polls": 0}
     regime: list[Any] = []
+    # What became of each task adopted from a dead process: its id -> "saved PATH",
+    # "failed ERROR", or "adopted" (not ended when this process left).
+    adoptions: dict[str, str] = {}
+
+    class Adoptions(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            for task_id in getattr(record, "task_ids", ()):
+                if record.getMessage().startswith("adopted"):
+                    adoptions.setdefault(task_id, "adopted")
+
+    logging.getLogger("flux_async").addHandler(Adoptions())
 
     def hook(event: Any) -> None:
         # What the analysis needs: when each task's end was seen, and in which regime
         # the polls were spent.
         kind = type(event).__name__
-        if kind == "TaskReady":
+        if kind == "TaskSubmitted":
+            # The id is known here, before its record is written (the kill's window).
+            print(f"submitted {event.task_id} {clock.monotonic()!r}", flush=True)
+        elif kind == "TaskReady":
             trace["seen"][event.task_id] = event.at
+        elif kind == "ImageSaved" and event.task_id in adoptions:
+            adoptions[event.task_id] = f"saved {event.path}"
+        elif kind == "TaskFailed" and event.task_id in adoptions:
+            adoptions[event.task_id] = f"failed {event.error}: {event.detail}"
         elif kind == "TaskPolled" and regime:
             trace["polls"] += 1
             trace["throughput_polls"] += regime[0]() == "throughput"
@@ -78,6 +97,16 @@ async def worker(options: dict[str, Any]) -> None:
         policy: Any = getattr(flux, "_policy", None)
         if policy is not None and hasattr(policy, "regime"):
             regime.append(policy.regime)
+        # When each task's fleet record reached Redis (the end of the kill's window).
+        registry: Any = getattr(getattr(flux, "_fleet", None), "registry", None)
+        if registry is not None:
+            write_now = registry._write_now
+
+            async def timed_write(record: dict[str, str]) -> None:
+                await write_now(record)
+                print(f"recorded {record['id']} {clock.monotonic()!r}", flush=True)
+
+            registry._write_now = timed_write
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
         done = 0
@@ -91,7 +120,8 @@ async def worker(options: dict[str, Any]) -> None:
         await anyio.to_thread.run_sync(sys.stdin.read)  # stay to adopt, until told to go
         stats = flux.statistics()
         adopted = stats.orphans.saved if stats.orphans is not None else 0
-        print(f"adopted {adopted}", flush=True)
+    print(f"adopted {adopted}", flush=True)
+    print(f"adoptions {json.dumps(adoptions)}", flush=True)
 
 
 class Proc:
@@ -142,7 +172,14 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def run_variant(
-    name: str, speed: float, durations: list[float], folder: Path, *, redis: str | None, kill: bool
+    name: str,
+    speed: float,
+    durations: list[float],
+    folder: Path,
+    *,
+    redis: str | None,
+    kill: bool,
+    kill_on: str = "progress",
 ) -> dict[str, Any]:
     clock = SharedClock(speed)
     out = folder / name
@@ -174,6 +211,11 @@ async def run_variant(
         if kill:
             while int((procs[0].last("progress") or "progress 0").split()[1]) < PROMPTS // 3:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
+            if kill_on == "submit":
+                # Aim at the window: kill the moment the victim learns a new task's id.
+                seen = sum(line.startswith("submitted ") for line in procs[0].lines)
+                while sum(line.startswith("submitted ") for line in procs[0].lines) == seen:  # noqa: ASYNC110
+                    await anyio.sleep(0.001)
             killed_at = clock.monotonic()
             procs[0].process.send_signal(signal.SIGKILL)
             await procs[0].process.wait()
@@ -191,12 +233,24 @@ async def run_variant(
                 paid = sum(1 for p in stats["prompts"].values() if p.startswith("w0-"))
                 if len(list((out / "w0").glob("*.jpeg"))) >= paid:
                     break
+                # A record stays in Redis until its image is saved: with none left, a
+                # missing image was never recorded and is not coming.
+                if redis and not await leftover_records(redis):
+                    break
                 await anyio.sleep(0.2)
         for proc in alive:
             assert proc.process.stdin is not None
             await proc.process.stdin.aclose()
             await proc.process.wait()
         adopted = sum(int((p.last("adopted") or "adopted 0").split()[1]) for p in alive)
+        adoptions: dict[str, str] = {}
+        for p in alive:
+            adoptions |= json.loads((p.last("adoptions ") or "adoptions {}")[10:])
+        known, recorded = times(procs[0], "submitted "), times(procs[0], "recorded ")
+        window = record_window(
+            stats, [times(p, "submitted ") for p in procs], [times(p, "recorded ") for p in procs]
+        )
+        records = await leftover_records(redis) if kill and redis else set()
         traces = [json.loads((p.last("trace ") or "trace {}")[6:]) for p in alive]
         tg.cancel_scope.cancel()
     tasks = len(stats["tasks"])
@@ -214,6 +268,8 @@ async def run_variant(
         "finishes": finishes,
     }
     result |= lag_figures(stats, traces, start)
+    if redis:
+        result |= window
     if kill:
         result |= {
             "victim_saved_before_kill": victim_saved_at_kill,
@@ -228,9 +284,103 @@ async def run_variant(
                 if stats["prompts"][t].startswith("w0-")
                 and not saved_as(out / "w0", stats["prompts"][t])
             ],
+            # Why each was lost: did the victim learn its id (and when, against the
+            # kill), does Redis still hold its record, did a survivor adopt it (and what
+            # became of it).
+            "victim_unsaved": [
+                {
+                    "task": t,
+                    "server_created_before_kill": round(killed_at - v["submitted_at"], 4),
+                    "id_known_before_kill": (
+                        round(killed_at - known[t], 4) if t in known else None
+                    ),
+                    "recorded_before_kill": (
+                        round(killed_at - recorded[t], 4) if t in recorded else None
+                    ),
+                    "record_left_in_redis": t in records,
+                    "adoption": adoptions.get(t),
+                }
+                for t, v in stats["tasks"].items()
+                if stats["prompts"][t].startswith("w0-")
+                and not saved_as(out / "w0", stats["prompts"][t])
+            ],
+            "adoptions": adoptions,
             "adopted_by_survivors": adopted,
         }
     return result
+
+
+def times(proc: Proc, prefix: str) -> dict[str, float]:
+    """Return ``{task id: moment}`` from a worker's ``PREFIX ID MOMENT`` lines."""
+    return {
+        line.split()[1]: float(line.split()[2]) for line in proc.lines if line.startswith(prefix)
+    }
+
+
+def record_window(
+    stats: dict[str, Any], known: list[dict[str, float]], recorded: list[dict[str, float]]
+) -> dict[str, Any]:
+    """The window in which a kill loses a paid task: created, not yet recorded in Redis.
+
+    ``reply``: from the server creating the task to its process knowing the id (the
+    submit's answer in flight; nobody can recover a task killed here). ``write``: from
+    knowing the id to the record written (queued behind the process's other Redis work,
+    then one MULTI/EXEC).
+    """
+    reply, write = [], []
+    for index, (ids, writes) in enumerate(zip(known, recorded, strict=True)):
+        for t, at in ids.items():
+            # Only the worker's own submits: an adopted task is "known" at its adoption.
+            if stats["prompts"].get(t, "").startswith(f"w{index}-") and t in writes:
+                reply.append(at - stats["tasks"][t]["submitted_at"])
+                write.append(writes[t] - at)
+    reply.sort()
+    write.sort()
+
+    def p(values: list[float], q: float) -> float:
+        return values[int(q * (len(values) - 1))] if values else 0.0
+
+    return {
+        "window_reply_mean": sum(reply) / max(1, len(reply)),
+        "window_reply_p99": p(reply, 0.99),
+        "window_write_mean": sum(write) / max(1, len(write)),
+        "window_write_p99": p(write, 0.99),
+        "window_write_max": p(write, 1.0),
+    }
+
+
+async def flush(url: str) -> None:
+    """Empty Redis between runs: each run's fleet starts from nothing."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line per run: the makespan ratio and, for the killed variant, its losses."""
+    line = f"{result['variant']}: makespan/ideal {result['makespan_over_ideal']:.3f}"
+    if "victim_unsaved" in result:
+        line += (
+            f", victim paid {result['victim_paid_tasks']}, adopted"
+            f" {result['adopted_by_survivors']}, unsaved {json.dumps(result['victim_unsaved'])}"
+        )
+    return line
+
+
+async def leftover_records(url: str) -> set[str]:
+    """Return the ids of the task records Redis still holds (none once all are saved)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, decode_responses=True)
+    try:
+        keys = [key async for key in client.scan_iter(match="flux_async:*:task:*")]
+    finally:
+        await client.aclose()
+    return {key.rsplit(":task:", 1)[1] for key in keys}
 
 
 def saved_as(folder: Path, prompt: str) -> bool:
@@ -289,21 +439,36 @@ def lag_figures(
     }
 
 
+VARIANTS = ("uncoordinated", "redis", "kill")
+
+
 async def main(args: argparse.Namespace) -> None:
     durations = lognormal_durations(PROCESSES * PROMPTS, seed=13, median=2.0, sigma=0.5)
+    chosen = args.only or list(VARIANTS)
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         redis_process, url = start_redis(folder)
         try:
-            results = [
-                await run_variant(
-                    "uncoordinated", args.speed, durations, folder, redis=None, kill=False
-                ),
-                await run_variant("redis", args.speed, durations, folder, redis=url, kill=False),
-                await run_variant(
-                    "redis, 1 killed", args.speed, durations, folder, redis=url, kill=True
-                ),
-            ]
+            for run in range(args.repeat):
+                for variant in VARIANTS:
+                    if variant not in chosen:
+                        continue
+                    await flush(url)
+                    where = folder / f"run{run}"
+                    result = await run_variant(
+                        "redis, 1 killed" if variant == "kill" else variant,
+                        args.speed,
+                        durations,
+                        where,
+                        redis=None if variant == "uncoordinated" else url,
+                        kill=variant == "kill",
+                        kill_on=args.kill_on,
+                    )
+                    result["run"] = run
+                    results.append(result)
+                    if args.repeat > 1:
+                        print(f"run {run}: {summary(result)}", flush=True)
         finally:
             redis_process.kill()
             redis_process.wait()
@@ -320,7 +485,18 @@ async def main(args: argparse.Namespace) -> None:
         ("polls / task", "polls_per_task", ".2f"),
         ("throughput polls", "throughput_poll_share", ".2f"),
     ]
-    print(table([(r["variant"], r) for r in results], columns))
+    if any("window_write_mean" in r for r in results):
+        columns += [
+            ("id known after create (s)", "window_reply_mean", ".4f"),
+            ("p99", "window_reply_p99", ".4f"),
+            ("record written after id (s)", "window_write_mean", ".4f"),
+            ("p99 ", "window_write_p99", ".4f"),
+            ("max", "window_write_max", ".4f"),
+        ]
+    label = (
+        (lambda r: f"{r['variant']} #{r['run']}") if args.repeat > 1 else (lambda r: r["variant"])
+    )
+    print(table([(label(r), r) for r in results], columns))
     for result in results:
         if "victim_paid_tasks" in result:
             print({k: v for k, v in result.items() if k.startswith(("victim", "adopted"))})
@@ -336,4 +512,14 @@ if __name__ == "__main__":
         parser = argparse.ArgumentParser(description=__doc__)
         parser.add_argument("--speed", type=float, default=5.0)
         parser.add_argument("--json", help="write the figures to this file")
+        parser.add_argument(
+            "--only", action="append", choices=VARIANTS, help="run only this variant (repeatable)"
+        )
+        parser.add_argument("--repeat", type=int, default=1, help="run the variants N times")
+        parser.add_argument(
+            "--kill-on",
+            choices=("progress", "submit"),
+            default="progress",
+            help="kill once a third is saved (progress), or then at the next task id (submit)",
+        )
         anyio.run(main, parser.parse_args())

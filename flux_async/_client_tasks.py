@@ -100,7 +100,12 @@ class TaskMethods:
             self._tg.start_soon(self._keep_adopted, record, slot)
 
     async def _keep_adopted(self, record: TaskRecord, slot: Slot) -> None:
-        _, scheduler, _ = self._require_open()
+        # The first heartbeat adopts while the client is still opening: not yet OPENED,
+        # but its scheduler is built. A client already closing leaves the record in
+        # Redis and its lease held (its leave hands both on).
+        scheduler = self._scheduler
+        if scheduler is None or self._state is ClientState.CLOSED:
+            return
         task = record.task(self._clock)
         dest, exact = await adoption_target(record, self._orphans.orphan_dir)
         self._work.enter()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -21,7 +23,7 @@ from flux_async._batching import _batch_setup as batch_module
 from flux_async._batching._batch import BatchChangedError, BatchInputError, run_batch
 from flux_async._batching._batch_progress import BatchProgress, _View, format_duration
 from flux_async._batching._costs import CostBook, estimate_cost
-from flux_async._batching._ledger import LEDGER_NAME
+from flux_async._batching._ledger import LEDGER_NAME, Ledger
 from flux_async._request._build import build_request
 from flux_async.testing import (
     FAKE_API_KEY,
@@ -257,6 +259,40 @@ async def test_max_cost_stops_submitting_before_the_budget_is_exceeded(tmp_path:
     assert (again.ok, again.stopped, again.exit_code) == (10, None, 0)
     assert again.spent == pytest.approx(30.0)
     assert again.spent_this_run == pytest.approx(21.0)
+
+
+async def test_an_interrupted_submit_whose_image_the_fleet_saved_is_taken(
+    tmp_path: Path,
+) -> None:
+    # A process killed between a submit's answer and the ledger's "submitted" leaves the
+    # item "submitting" (no task id); in a fleet a survivor saves its image under the
+    # item's own name (the task's record carries it). The resume records that file, and
+    # reports only the item whose folder holds no image written since its submit began.
+    prompts = write(tmp_path / "p.txt", "a fox\nan owl\n")
+    out = tmp_path / "out"
+    stop = anyio.Event()
+    stop.set()
+    async with simulated() as (sim, flux):
+        await run_batch(flux, prompts, out, stop=stop)
+        assert not sim.records.submits
+    async with await Ledger.open(out, run_config={}) as ledger:
+        await ledger.mark_submitting(0)
+        await ledger.mark_submitting(1)
+    (out / "00000-a-fox.jpeg").write_bytes(b"\xff\xd8 the survivor's image \xff\xd9")
+    # An image of item 1 from before its submit began is not that submit's image.
+    stale = out / "00001-an-owl.jpeg"
+    stale.write_bytes(b"\xff\xd8 an older attempt \xff\xd9")
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    notes: list[str] = []
+    async with simulated() as (sim, flux):
+        again = await run_batch(flux, prompts, out, notify=notes.append)
+        assert not sim.records.submits  # nothing paid again
+    assert (again.ok, again.failed, again.possibly_billed) == (1, 1, 1)
+    taken, reported = results(out)
+    assert (taken["status"], taken["path"]) == ("ok", "00000-a-fox.jpeg")
+    assert taken["sha256"] == hashlib.sha256((out / "00000-a-fox.jpeg").read_bytes()).hexdigest()
+    assert reported["may_be_billed"] is True
+    assert any("saved by the fleet" in note for note in notes)
 
 
 async def test_402_stops_new_submits_and_leaves_the_rest_pending(tmp_path: Path) -> None:

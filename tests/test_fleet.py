@@ -11,6 +11,7 @@ from typing import Any
 from unittest.mock import ANY
 
 import anyio
+import anyio.abc
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
@@ -26,9 +27,13 @@ from flux_async import (
     TaskOrphaned,
     run_batch,
 )
+from flux_async._batching._ledger import Ledger
 from flux_async._cli import main
 from flux_async._fleet import COORDINATOR_ENV, Coordinator, fleet_id, scripts
 from flux_async._fleet.coordinator import FleetSession
+from flux_async._fleet.limiter import FleetLimiter
+from flux_async._fleet.registry import TaskRegistry
+from flux_async._request._models import Task
 from flux_async.testing import FAKE_API_KEY, KNOWN_MODELS, ScaledClock, Simulator, SimulatorConfig
 from tests._redis import RedisServer
 
@@ -440,6 +445,57 @@ async def test_a_resumed_batch_takes_what_the_fleet_saved_without_paying_again(
     assert not (tmp_path / "orphans").exists() or not any((tmp_path / "orphans").iterdir())
 
 
+async def test_a_resumed_batch_takes_an_interrupted_submits_image_the_fleet_saved(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # The batch's process stopped between a submit's answer and the ledger's "submitted":
+    # the item is left "submitting", with no task id. Its fleet record named the item's
+    # file, so the survivor that adopted the task saved the image there; the resume
+    # records it instead of reporting a possibly billed submit, and pays nothing again.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    def client(**options: Any) -> AsyncFlux:
+        return AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+            **options,
+        )
+
+    with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+        stopped = anyio.Event()
+        stopped.set()
+        async with client() as batcher:
+            await run_batch(batcher, prompts, out, stop=stopped)  # the ledger, nothing paid
+        assert not sim.records.submits
+        async with await Ledger.open(out, run_config={}) as ledger:
+            await ledger.mark_submitting(0)
+        async with client(orphan_dir=tmp_path / "orphans") as survivor:
+            sim.plan_next(duration=30.0)
+            async with client() as batcher:
+                # As the batch runner submits: with the item's file name for the record.
+                request = batcher.build_request("a fox", model="flux-2-pro")
+                await batcher._submit(request, output=(out, "00000-a-fox"))
+            orphans = survivor.statistics().orphans
+            assert orphans is not None
+            while orphans.saved < 1:
+                await anyio.sleep(0.02)
+                orphans = survivor.statistics().orphans
+                assert orphans is not None
+        async with client() as resumer:
+            again = await run_batch(resumer, prompts, out)
+    assert (again.ok, again.failed, again.possibly_billed) == (1, 0, 0)
+    assert len(sim.records.submits) == 1  # nothing paid twice
+    assert len(sim.records.delivery_headers) == 1  # nor downloaded twice
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert (row["status"], row["path"]) == ("ok", "00000-a-fox.jpeg")
+
+
 async def test_a_crowd_of_submits_in_one_process_never_loses_the_coordinator(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -503,3 +559,130 @@ async def test_a_silent_process_is_granted_no_slot_before_it_is_declared_dead(
         finally:
             for session in (alive, silent):
                 await session.aclose()
+
+
+async def test_a_task_record_is_written_while_every_other_redis_call_waits(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A paid task is lost if its process dies before its record lands, so the write
+    # takes one of the connections kept for records, never a turn behind the process's
+    # other calls: here every general connection is held (a crowd of submits queueing)
+    # and the record still reaches Redis.
+    clock = ManualClock()
+    timings = Coordinator(redis_server.url, timeout=0.2, connections=2)
+    session = FleetSession(timings, provider="bfl", api_key=FAKE_API_KEY, clock=clock)
+    limiter = FleetLimiter(4, session, clock=clock)
+    registry = TaskRegistry(session, limiter, clock=clock, task_timeout=600.0)
+    await session.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            limiter.bind(tg)
+            crowd = session._gate
+            for _ in range(timings.connections):
+                await crowd.acquire()  # every general connection busy
+            task = Task(id="task-1", polling_url=None, model="flux-2-pro", provider="bfl")
+            registry.register(task, None, tmp_path / "00001")
+            await registry.written("task-1")
+            for _ in range(timings.connections):
+                crowd.release()
+            tg.cancel_scope.cancel()
+        reader = Redis.from_url(redis_server.url, decode_responses=True)
+        record = await reader.hgetall(session.prefix + "task:task-1")
+        await reader.aclose()
+    finally:
+        await session.aclose()
+    assert (record["owner"], record["dest"]) == (session.owner, str(tmp_path / "00001"))
+
+
+async def test_a_survivor_closing_before_it_saved_an_adopted_task_hands_it_on(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A survivor shut down (drain 0) while a task it adopted is still generating does
+    # not drop the task's record: its leave hands the task on, and a third process
+    # saves the image where the first one meant it to go. Nothing is paid twice.
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+
+    def client(**options: Any) -> AsyncFlux:
+        return AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+            **options,
+        )
+
+    def adopted(flux: AsyncFlux) -> int:
+        orphans = flux.statistics().orphans
+        return orphans.adopted if orphans is not None else 0
+
+    def saved(flux: AsyncFlux) -> int:
+        orphans = flux.statistics().orphans
+        return orphans.saved if orphans is not None else 0
+
+    # The adopter runs in a task of its own, so that it can close while the others run.
+    close_adopter, adopter_closed = anyio.Event(), anyio.Event()
+    adopters: list[AsyncFlux] = []
+
+    async def adopter_process(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with client(orphan_dir=tmp_path / "orphans") as flux:  # closes with drain 0
+            adopters.append(flux)
+            task_status.started()
+            await close_adopter.wait()
+        adopter_closed.set()
+
+    with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+        async with anyio.create_task_group() as tg:
+            await tg.start(adopter_process)
+            (adopter,) = adopters
+            sim.plan_next(duration=1e6)  # ends when the test says so (below)
+            async with client() as first:
+                request = first.build_request("a fox", model="flux-2-pro")
+                task = await first._submit(request, output=(tmp_path, "fox"))
+            while not adopted(adopter):  # noqa: ASYNC110 - counters, no event to wait on
+                await anyio.sleep(0.02)
+            async with client(orphan_dir=tmp_path / "orphans") as last:
+                close_adopter.set()
+                await adopter_closed.wait()
+                # Only now does the task end: the adopter never had its image.
+                running = sim.task(task.id)
+                running.duration = sim.clock.monotonic() - running.submitted_at
+                while saved(last) < 1:  # noqa: ASYNC110 - counters, no event to wait on
+                    await anyio.sleep(0.02)
+    assert (tmp_path / "fox.jpeg").is_file()  # saved by the last process only
+    assert not (tmp_path / "orphans").exists() or not any((tmp_path / "orphans").iterdir())
+    assert len(sim.records.submits) == 1
+
+
+async def test_a_process_adopts_a_dead_ones_task_while_it_is_still_opening(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A worker starting while the fleet holds a dead process's task adopts it in its
+    # first heartbeat, before its own opening is done: it must see the task through,
+    # not fail to open ("the client is unopened").
+    sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
+
+    def client(**options: Any) -> AsyncFlux:
+        return AsyncFlux(
+            api_key=FAKE_API_KEY,
+            base_url=sim.config.api_base,
+            transport=sim.transport(),
+            clock=sim.clock,
+            coordinator=coordinator(redis_server.url),
+            **options,
+        )
+
+    with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
+        sim.plan_next(duration=1e6)  # ends when the test says so (below)
+        async with client() as first:  # leaves alone: nobody adopts yet
+            request = first.build_request("a fox", model="flux-2-pro")
+            task = await first._submit(request, output=(tmp_path, "fox"))
+        async with client(orphan_dir=tmp_path / "orphans") as starter:
+            running = sim.task(task.id)
+            running.duration = sim.clock.monotonic() - running.submitted_at
+            orphans = starter.statistics().orphans
+            while orphans is None or orphans.saved < 1:
+                await anyio.sleep(0.02)
+                orphans = starter.statistics().orphans
+    assert (tmp_path / "fox.jpeg").is_file()
+    assert len(sim.records.submits) == 1

@@ -186,7 +186,7 @@ async def run_batch(
             allow_any_image_path=allow_any_image_path,
         )
         ran = True
-        await reset_for_retry(ledger, retry_failed, retry_ambiguous, say)
+        await reset_for_retry(ledger, out, retry_failed, retry_ambiguous, say)
         await anyio.to_thread.run_sync(_remove_stale_temp_files, out)
         spent_at_start = await _start_progress(ledger, progress)
         runner = BatchRunner(

@@ -42,7 +42,7 @@ from ._batch_feed import Job, JobFeed
 from ._batch_progress import BatchProgress
 from ._costs import CostBook
 from ._ledger import ItemState, Ledger, LedgerFullError, LedgerItem
-from ._outputs import existing_output, item_stem, sha256_file
+from ._outputs import existing_output, item_stem, sha256_file, stem_digits
 
 __all__ = ["BatchRunner"]
 
@@ -72,7 +72,7 @@ class BatchRunner:
         self._costs = costs
         self._progress = progress
         self._notify = notify
-        self._digits = max(5, len(str(max(progress.total - 1, 0))))
+        self._digits = stem_digits(progress.total)
         limit = flux.statistics().limiter.limit
         self._active = min(limit, concurrency)
         self._gate = anyio.Semaphore(self._active)

@@ -4,7 +4,8 @@
 (see ``_batch``): it reads the prompt file into the ledger (or skips the scan when the
 file is the one an earlier run accepted), raises :class:`BatchInputError` for bad items
 and :class:`BatchChangedError` for an input or settings that changed unaccepted;
-:func:`reset_for_retry` reports interrupted submits and resets what ``retry_*`` asks.
+:func:`reset_for_retry` takes the images a fleet saved for interrupted submits, reports
+the other interrupted submits and resets what ``retry_*`` asks.
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ import anyio
 from .._errors import FluxError
 from ._batch_input import InputScan, scan_input
 from ._ledger import ItemState, Ledger
+from ._outputs import existing_output, item_stem, sha256_file, stem_digits
 from ._prompts import InputProblem
 from ._runconfig import run_config_changes
 
-__all__ = ["BatchChangedError", "BatchInputError", "prepare_ledger", "reset_for_retry"]
+__all__ = [
+    "BatchChangedError",
+    "BatchInputError",
+    "prepare_ledger",
+    "reset_for_retry",
+    "take_fleet_saved_submits",
+]
 
 _DIGEST_KEY = "input_digest"
 
@@ -134,8 +142,18 @@ def _input_digest(prompts: Path, model: str, defaults: Mapping[str, Any]) -> str
 
 
 async def reset_for_retry(
-    ledger: Ledger, retry_failed: bool, retry_ambiguous: bool, say: Callable[[str], None]
+    ledger: Ledger,
+    out: Path,
+    retry_failed: bool,
+    retry_ambiguous: bool,
+    say: Callable[[str], None],
 ) -> None:
+    taken = await take_fleet_saved_submits(ledger, out)
+    if taken:
+        say(
+            f"{taken} item(s) were being submitted when the last run stopped and their "
+            "images were saved by the fleet: recorded as saved (their cost is unknown)"
+        )
     interrupted = await ledger.mark_interrupted_submits()
     if interrupted:
         say(
@@ -153,3 +171,34 @@ async def reset_for_retry(
         again = await ledger.reset_failed(ambiguous=False)
         if again:
             say(f"retrying {again} failed item(s)")
+
+
+async def take_fleet_saved_submits(ledger: Ledger, out: Path) -> int:
+    """Record as saved each item left ``submitting`` whose image is in ``out``; return how many.
+
+    A process killed between its submit's answer and the ledger's ``submitted`` leaves
+    the item ``submitting`` (no task id), yet in a fleet the task's record carried the
+    item's file name (``_batch_run``), so a survivor saved the image there. Such a file,
+    written after the item was marked, is that task's image: taken, not paid again.
+    """
+    counts = await ledger.counts()
+    if not counts[ItemState.SUBMITTING]:
+        return 0
+    digits = stem_digits(sum(counts.values()))
+    found: list[tuple[int, Path]] = []
+    async for item in ledger.iter_items([ItemState.SUBMITTING]):
+        stem = await item_stem(ledger, item, digits=digits)
+        path = await anyio.to_thread.run_sync(existing_output, out, stem, item.updated_at - 1.0)
+        if path is not None:
+            found.append((item.index, path))
+    taken = 0
+    for index, path in found:
+        try:
+            digest = await anyio.to_thread.run_sync(sha256_file, path)
+        except OSError:
+            continue  # gone or unreadable: reported as interrupted below
+        await ledger.mark_saved(index, path=path.name, sha256=digest, seed=None, prompt_used=None)
+        taken += 1
+    if taken:
+        await ledger.flush()
+    return taken

@@ -15,9 +15,14 @@ from ._filenames import output_stem
 from ._ledger_reads import LedgerReads
 from ._ledger_schema import LedgerItem
 
-__all__ = ["existing_output", "item_stem", "sha256_file"]
+__all__ = ["existing_output", "item_stem", "sha256_file", "stem_digits"]
 
 _AUTO_STEM = re.compile(r"(\d+)(?:-.*)?")
+
+
+def stem_digits(total: int) -> int:
+    """Return how many digits an automatic stem has in a batch of ``total`` items."""
+    return max(5, len(str(max(total - 1, 0))))
 
 
 async def item_stem(ledger: LedgerReads, item: LedgerItem, *, digits: int) -> str:

@@ -126,6 +126,9 @@ class FleetSession:
         # At most ``connections`` calls at once; the rest queue here, in this process,
         # so that waiting for a turn is never mistaken for Redis being slow.
         self._gate = anyio.Semaphore(coordinator.connections)
+        # As many again for task records: a record's write must not queue behind the
+        # process's other calls (a kill before it is sent loses a paid task).
+        self._record_gate = anyio.Semaphore(coordinator.connections)
 
     async def open(self) -> None:
         """Connect (lazily: nothing is sent yet, so an absent Redis does not stop us)."""
@@ -140,10 +143,11 @@ class FleetSession:
             # A bounded pool: hundreds of submits queueing at once must not open
             # hundreds of connections, nor fail (the plain pool raises
             # MaxConnectionsError past 100, which read as Redis lost). Calls are gated
-            # to ``connections`` (see _bounded); one more for the webhook subscription.
+            # to ``connections`` (see _bounded), task records' writes to as many again;
+            # one more for the webhook subscription.
             pool = BlockingConnectionPool.from_url(
                 target,
-                max_connections=self.coordinator.connections + 1,
+                max_connections=2 * self.coordinator.connections + 1,
                 timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
@@ -178,8 +182,14 @@ class FleetSession:
         client = self._client()
         return await self._bounded(lambda: client.execute_command(*args))
 
-    async def pipeline(self, commands: Sequence[Sequence[str | int | float]]) -> list[Any]:
-        """Run ``commands`` in one MULTI/EXEC transaction, bounded."""
+    async def pipeline(
+        self, commands: Sequence[Sequence[str | int | float]], *, record: bool = False
+    ) -> list[Any]:
+        """Run ``commands`` in one MULTI/EXEC transaction, bounded.
+
+        ``record``: a task record's write, which takes its turn among the connections
+        kept for records (``connections`` more), not behind the process's other calls.
+        """
         client = self._client()
 
         async def run() -> list[Any]:
@@ -189,7 +199,7 @@ class FleetSession:
             result: list[Any] = await pipe.execute()
             return result
 
-        done: list[Any] = await self._bounded(run)
+        done: list[Any] = await self._bounded(run, record=record)
         return done
 
     async def subscribe(self, channel: str) -> Any:
@@ -203,7 +213,7 @@ class FleetSession:
             raise CoordinatorError("the fleet coordinator is not connected")
         return self._redis
 
-    async def _bounded(self, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _bounded(self, call: Callable[[], Awaitable[Any]], *, record: bool = False) -> Any:
         """Run ``call()`` within the timeout; once more on a broken pooled connection.
 
         The timeout counts from the call's turn: a crowd of calls queues for one of the
@@ -216,9 +226,10 @@ class FleetSession:
         from redis.exceptions import RedisError
 
         timeout = self.coordinator.timeout
+        gate = self._record_gate if record else self._gate
         try:
             with anyio.fail_after(timeout * _QUEUE_TIMEOUTS):
-                await self._gate.acquire()
+                await gate.acquire()
         except TimeoutError as exc:
             raise CoordinatorError(
                 "the fleet coordinator failed: its calls stopped moving"
@@ -232,7 +243,7 @@ class FleetSession:
         except (RedisError, OSError, TimeoutError) as exc:
             raise CoordinatorError(f"the fleet coordinator failed: {type(exc).__name__}") from exc
         finally:
-            self._gate.release()
+            gate.release()
 
     def __repr__(self) -> str:
         return f"FleetSession(owner={self.owner!r}, coordinator={self.coordinator!r})"

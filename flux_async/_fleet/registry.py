@@ -9,8 +9,13 @@ and sees each task to its end. The key never enters a record; a record expires o
 
 A submit returns once its record is written (or the write failed: bounded by the
 coordinator's timeout, and then the heartbeat re-publishes it when Redis is back). The
-gap left: a process killed between the submit's answer and that write loses the task's
-record, as nothing was known before the answer.
+write starts in the submit's own task as soon as the answer is parsed, on a connection
+kept for records (``FleetSession.pipeline(record=True)``), never behind the process's
+other calls.
+The gap left: a process killed between the server creating the task and that write
+being sent (the answer in flight, then a few event-loop turns; ``benchmarks/fleet.py``
+measures the window) loses the task's record. BFL has no idempotency key and no way to list an
+account's tasks, so nobody can find such a task again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Final
 import anyio
 
 from .._core._clock import Clock
+from .._errors import CoordinatorError
 from .._request._models import Task
 from . import scripts
 from .coordinator import FleetSession
@@ -107,7 +113,8 @@ class TaskRegistry:
         self._clock = clock
         self._task_timeout = task_timeout
         self.local: dict[str, dict[str, str]] = {}
-        self._written: dict[str, anyio.Event] = {}
+        self._written: dict[str, anyio.Event] = {}  # records not yet written
+        self._writing: set[str] = set()
 
     def register(self, task: Task, lease: str | None, dest: Path | None) -> None:
         """Record ``task`` (fire-and-forget); ``dest`` is where its image should go."""
@@ -128,27 +135,46 @@ class TaskRegistry:
         }
         self.local[task.id] = record
         self._written[task.id] = written = anyio.Event()
-        if not self._limiter.post(self._write, record):
+        if not self._limiter.post(self._write, task.id):
             del self._written[task.id]
             written.set()
 
     async def written(self, task_id: str) -> None:
-        """Wait until ``task_id``'s record reached Redis, or failed to (bounded)."""
-        event = self._written.get(task_id)
-        if event is not None:
-            await event.wait()
+        """Write ``task_id``'s record now, or wait for the write under way (bounded).
 
-    async def _write(self, record: dict[str, str]) -> None:
-        try:
-            await self._write_now(record)
-        finally:
-            event = self._written.pop(record["id"], None)
+        A submit calls this before returning: the write starts here, in the submit's own
+        task, rather than when the background one gets its turn (a kill before the
+        write lands loses the paid task). Shielded: a caller that leaves meanwhile must
+        not leave the task unrecorded.
+        """
+        if task_id in self._writing:
+            event = self._written.get(task_id)
             if event is not None:
-                event.set()
+                await event.wait()
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._write(task_id)
+            except CoordinatorError as exc:
+                self._limiter.lost(exc)
+
+    async def _write(self, task_id: str) -> None:
+        """Write the record once, whoever comes first: the submit or the background."""
+        event = self._written.get(task_id)
+        if event is None or task_id in self._writing:
+            return
+        self._writing.add(task_id)
+        try:
+            record = self.local.get(task_id)
+            if record is not None:  # else unregistered before it was written
+                await self._write_now(record)
+        finally:
+            self._writing.discard(task_id)
+            if self._written.get(task_id) is event:  # not a later registration's
+                del self._written[task_id]
+            event.set()
 
     async def _write_now(self, record: dict[str, str]) -> None:
-        if record["id"] not in self.local:
-            return  # unregistered before it was written
         key = self._session.prefix + "task:" + record["id"]
         owner = self._session.owner
         fields: list[str] = []
@@ -159,7 +185,8 @@ class TaskRegistry:
                 ["HSET", key, *fields, "owner", owner],
                 ["EXPIREAT", key, record["expires"]],
                 ["SADD", self._session.prefix + "owned:" + owner, record["id"]],
-            ]
+            ],
+            record=True,
         )
 
     def unregister(self, task_id: str) -> None:
@@ -170,14 +197,19 @@ class TaskRegistry:
     async def _delete(self, task_id: str) -> None:
         # A write still in flight on another connection could land after this delete
         # and leave a record nobody owns (handed to a survivor at our leave): wait for it.
-        await self.written(task_id)
-        prefix = self._session.prefix
-        await self._session.pipeline(
-            [
-                ["DEL", prefix + "task:" + task_id],
-                ["SREM", prefix + "owned:" + self._session.owner, task_id],
-            ]
-        )
+        event = self._written.get(task_id)
+        # Shielded: a close right after a save must not cancel the delete, or the record
+        # outlives the image and the next process adopts and saves it again.
+        with anyio.CancelScope(shield=True):
+            if event is not None:
+                await event.wait()
+            prefix = self._session.prefix
+            await self._session.pipeline(
+                [
+                    ["DEL", prefix + "task:" + task_id],
+                    ["SREM", prefix + "owned:" + self._session.owner, task_id],
+                ]
+            )
 
     async def republish(self) -> None:
         """Re-create the records Redis lost (it restarted); leave others' adoptions alone."""
