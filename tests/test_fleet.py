@@ -561,6 +561,46 @@ async def test_a_silent_process_is_granted_no_slot_before_it_is_declared_dead(
                 await session.aclose()
 
 
+async def test_slots_go_to_processes_in_arrival_order_so_none_starves(
+    redis_server: RedisServer,
+) -> None:
+    # Fairness between processes: one process that queues many submits first and asks
+    # for slots far more often than the others cannot jump their later tickets; a slot
+    # freed anywhere goes to the oldest ticket in the fleet, whoever pumps.
+    clock = ManualClock()
+    timings = Coordinator(redis_server.url, heartbeat=1.0, ttl=30.0, timeout=5.0)
+    greedy, b, c = (
+        FleetSession(timings, provider="bfl", api_key=FAKE_API_KEY, clock=clock) for _ in "abc"
+    )
+    sessions = {"greedy": greedy, "b": b, "c": c}
+    with anyio.fail_after(30):
+        for session in sessions.values():
+            await session.open()
+        try:
+            for session in sessions.values():
+                await session.script(scripts.BEAT, session.owner, 30_000)
+            arrivals = [("greedy", "g1"), ("greedy", "g2"), ("greedy", "g3"), ("b", "b1")]
+            arrivals += [("c", "c1"), ("greedy", "g4"), ("b", "b2")]
+            for name, ticket in arrivals:
+                session = sessions[name]
+                await session.script(scripts.ENQUEUE, session.owner, ticket, "flux-2-pro", 1, 0)
+            granted: list[str] = []
+            while len(granted) < len(arrivals):
+                # The greedy process pumps first, every time; the others after it.
+                got = [
+                    str(t)
+                    for session in sessions.values()
+                    for t in (await session.script(scripts.PUMP, session.owner, 1, 60_000))[4:]
+                ]
+                assert len(got) == 1  # a cap of one: exactly one slot per round
+                granted += got
+                await greedy.script(scripts.RELEASE, got[0], 1, 1, 30_000)
+            assert granted == [ticket for _, ticket in arrivals]
+        finally:
+            for session in sessions.values():
+                await session.aclose()
+
+
 async def test_a_task_record_is_written_while_every_other_redis_call_waits(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
