@@ -389,6 +389,28 @@ async def test_a_submit_queued_in_another_process_puts_this_one_in_throughput(
         assert a._policy.regime() == b._policy.regime() == "frugal"  # type: ignore[attr-defined]
 
 
+def fleet_client(sim: Simulator, url: str, **options: Any) -> AsyncFlux:
+    """Return one more process of the fleet (an unopened client) on ``sim``."""
+    return AsyncFlux(
+        api_key=FAKE_API_KEY,
+        base_url=sim.config.api_base,
+        transport=sim.transport(),
+        clock=sim.clock,
+        coordinator=coordinator(url),
+        **options,
+    )
+
+
+async def orphans_saved(flux: AsyncFlux, count: int) -> None:
+    """Return once ``flux`` has saved ``count`` adopted (orphaned) images."""
+    while True:
+        orphans = flux.statistics().orphans
+        assert orphans is not None
+        if orphans.saved >= count:
+            return
+        await anyio.sleep(0.02)
+
+
 async def test_a_resumed_batch_takes_what_the_fleet_saved_without_paying_again(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -400,16 +422,7 @@ async def test_a_resumed_batch_takes_what_the_fleet_saved_without_paying_again(
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a fox\na hare\na heron\n", encoding="utf-8")
     out = tmp_path / "out"
-
-    def client(**options: Any) -> AsyncFlux:
-        return AsyncFlux(
-            api_key=FAKE_API_KEY,
-            base_url=sim.config.api_base,
-            transport=sim.transport(),
-            clock=sim.clock,
-            coordinator=coordinator(redis_server.url),
-            **options,
-        )
+    client = partial(fleet_client, sim, redis_server.url)
 
     with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
         async with client(orphan_dir=tmp_path / "orphans") as survivor:
@@ -427,12 +440,7 @@ async def test_a_resumed_batch_takes_what_the_fleet_saved_without_paying_again(
                     tg.start_soon(stop_once_submitted)
                     first = await run_batch(batcher, prompts, out, stop=stop)
             assert (first.stopped, first.ok, first.pending) == ("interrupted", 0, 3)
-            orphans = survivor.statistics().orphans
-            assert orphans is not None
-            while orphans.saved < 3:
-                await anyio.sleep(0.02)
-                orphans = survivor.statistics().orphans
-                assert orphans is not None
+            await orphans_saved(survivor, 3)
             assert len(sim.records.delivery_headers) == 3
             async with client() as resumer:
                 again = await run_batch(resumer, prompts, out)
@@ -456,16 +464,7 @@ async def test_a_resumed_batch_takes_an_interrupted_submits_image_the_fleet_save
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a fox\n", encoding="utf-8")
     out = tmp_path / "out"
-
-    def client(**options: Any) -> AsyncFlux:
-        return AsyncFlux(
-            api_key=FAKE_API_KEY,
-            base_url=sim.config.api_base,
-            transport=sim.transport(),
-            clock=sim.clock,
-            coordinator=coordinator(redis_server.url),
-            **options,
-        )
+    client = partial(fleet_client, sim, redis_server.url)
 
     with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
         stopped = anyio.Event()
@@ -481,12 +480,7 @@ async def test_a_resumed_batch_takes_an_interrupted_submits_image_the_fleet_save
                 # As the batch runner submits: with the item's file name for the record.
                 request = batcher.build_request("a fox", model="flux-2-pro")
                 await batcher._submit(request, output=(out, "00000-a-fox"))
-            orphans = survivor.statistics().orphans
-            assert orphans is not None
-            while orphans.saved < 1:
-                await anyio.sleep(0.02)
-                orphans = survivor.statistics().orphans
-                assert orphans is not None
+            await orphans_saved(survivor, 1)
         async with client() as resumer:
             again = await run_batch(resumer, prompts, out)
     assert (again.ok, again.failed, again.possibly_billed) == (1, 0, 0)
@@ -641,16 +635,7 @@ async def test_a_survivor_closing_before_it_saved_an_adopted_task_hands_it_on(
     # not drop the task's record: its leave hands the task on, and a third process
     # saves the image where the first one meant it to go. Nothing is paid twice.
     sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
-
-    def client(**options: Any) -> AsyncFlux:
-        return AsyncFlux(
-            api_key=FAKE_API_KEY,
-            base_url=sim.config.api_base,
-            transport=sim.transport(),
-            clock=sim.clock,
-            coordinator=coordinator(redis_server.url),
-            **options,
-        )
+    client = partial(fleet_client, sim, redis_server.url)
 
     def adopted(flux: AsyncFlux) -> int:
         orphans = flux.statistics().orphans
@@ -701,16 +686,7 @@ async def test_a_process_adopts_a_dead_ones_task_while_it_is_still_opening(
     # first heartbeat, before its own opening is done: it must see the task through,
     # not fail to open ("the client is unopened").
     sim = Simulator(fast_config(), clock=ScaledClock(SPEED))
-
-    def client(**options: Any) -> AsyncFlux:
-        return AsyncFlux(
-            api_key=FAKE_API_KEY,
-            base_url=sim.config.api_base,
-            transport=sim.transport(),
-            clock=sim.clock,
-            coordinator=coordinator(redis_server.url),
-            **options,
-        )
+    client = partial(fleet_client, sim, redis_server.url)
 
     with anyio.fail_after(60):  # a stuck fleet fails here instead of hanging CI
         sim.plan_next(duration=1e6)  # ends when the test says so (below)

@@ -21,7 +21,7 @@ import anyio.abc
 from .._core._clock import Clock
 from .._core._paths import check_file_name, task_stem
 from .._engine._limits import Slot
-from .._errors import ValidationError
+from .._errors import CoordinatorError, ValidationError
 from .._request._models import Task
 from .._web._events import CoordinatorChanged, EventEmitter
 from .._web._webhook_app import WebhookReceiver
@@ -84,8 +84,16 @@ class Fleet:
         stack.push_async_callback(self._leave)
 
     async def _leave(self) -> None:
-        if self.heartbeat is not None:
-            await self.heartbeat.leave()
+        if self.heartbeat is None:
+            return
+        # Records of saved tasks whose delete the close overtook go first: the leave
+        # hands what is still recorded to a survivor, which would download it again.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.registry.flush()
+            except CoordinatorError as exc:
+                logger.info("could not drop saved tasks' records (%s)", exc)
+        await self.heartbeat.leave()
 
     async def start(
         self,

@@ -115,6 +115,7 @@ class TaskRegistry:
         self.local: dict[str, dict[str, str]] = {}
         self._written: dict[str, anyio.Event] = {}  # records not yet written
         self._writing: set[str] = set()
+        self._deleting: set[str] = set()  # saved or ended: their records go
 
     def register(self, task: Task, lease: str | None, dest: Path | None) -> None:
         """Record ``task`` (fire-and-forget); ``dest`` is where its image should go."""
@@ -192,9 +193,30 @@ class TaskRegistry:
     def unregister(self, task_id: str) -> None:
         """Forget ``task_id``: its image is saved, or it ended without one."""
         if self.local.pop(task_id, None) is not None:
-            self._limiter.post(self._delete, task_id)
+            # Not posted once the client is closing: a task dropped then may be unsaved,
+            # and its record must survive for the fleet to adopt it. A posted delete the
+            # close overtook before it ran is done by ``flush``.
+            self._deleting.add(task_id)
+            if not self._limiter.post(self._delete, task_id):
+                self._deleting.discard(task_id)
+
+    async def flush(self) -> None:
+        """Delete the records whose delete has not run yet (the client closed first).
+
+        Called before this process leaves the fleet: a record that outlived its saved
+        image would be handed to a survivor, which would download it again.
+        """
+        for task_id in sorted(self._deleting):
+            written = self._written.get(task_id)
+            if written is not None and not written.is_set():
+                # Its write never ran (the loops have stopped): nothing in Redis to drop.
+                self._deleting.discard(task_id)
+                continue
+            await self._delete(task_id)
 
     async def _delete(self, task_id: str) -> None:
+        if task_id not in self._deleting:
+            return  # flushed already
         # A write still in flight on another connection could land after this delete
         # and leave a record nobody owns (handed to a survivor at our leave): wait for it.
         event = self._written.get(task_id)
@@ -210,6 +232,7 @@ class TaskRegistry:
                     ["SREM", prefix + "owned:" + self._session.owner, task_id],
                 ]
             )
+            self._deleting.discard(task_id)
 
     async def republish(self) -> None:
         """Re-create the records Redis lost (it restarted); leave others' adoptions alone."""
